@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 from twostage.errors import InvalidModel, ModelNotFound
 
 # Bumped whenever the emitted graph changes, so cached exports from older code are not reused.
-EXPORTER_VERSION = "1"
+EXPORTER_VERSION = "2"
 OPSET = 17
 MS_OPSET = 1
 
@@ -127,7 +127,8 @@ class _Graph:
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
         name = self.name(hint)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        # copy(order="C"), not ascontiguousarray: that turns a 0-d scalar into shape (1,).
+        self.inits.append(numpy_helper.from_array(arr.copy(order="C"), name))
         return name
 
     def op(
