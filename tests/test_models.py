@@ -22,7 +22,6 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 from safetensors.numpy import save_file
-
 from twostage._onnx import make_session
 from twostage.encoder import Encoder
 from twostage.errors import InvalidModel, ModelNotFound, ProviderUnavailable
@@ -253,7 +252,7 @@ def test_properties(enc_fp32: Encoder, enc_int8: Encoder) -> None:
 
 
 def test_batching_by_length_is_invisible(enc_fp32: Encoder) -> None:
-    texts = DOCS + [QUERY]
+    texts = [*DOCS, QUERY]
     together = enc_fp32.encode(texts, batch_size=3)
     alone = np.vstack([enc_fp32.encode([t]) for t in texts])
     np.testing.assert_allclose(together, alone, atol=2e-5)
@@ -389,7 +388,9 @@ def test_reranker_fp32_matches_numpy_forward(ce_fp32: Reranker, ce_dir: Path) ->
     scores = ce_fp32.score(QUERY, DOCS)
     assert scores.dtype == np.float32 and scores.shape == (len(DOCS),)
     pairs = ce_fp32.pack(ce_fp32.tokenize_query(QUERY), ce_fp32.tokenize_documents(DOCS))
-    expected = [numpy_cross_encoder(ce_dir, i, t) for i, t in zip(pairs.ids, pairs.type_ids)]
+    expected = [
+        numpy_cross_encoder(ce_dir, i, t) for i, t in zip(pairs.ids, pairs.type_ids, strict=True)
+    ]
     np.testing.assert_allclose(scores, expected, atol=1e-4, rtol=1e-4)
     assert np.std(expected) > 0.1  # the random head does separate pairs: not a vacuous test
 
