@@ -1,0 +1,1005 @@
+//! HNSW over u64 keys, on the `usearch` crate, with what the crate leaves to its callers:
+//! capacity and thread-slot growth, upserts, shards, exact re-scoring of quantised vectors,
+//! and a checked file format.
+//!
+//! Concurrency model (all methods take `&self`):
+//! - `gate` is a read-write lock. Every call into usearch holds it shared; only the rare
+//!   operations that reallocate usearch's internals (capacity growth, more thread slots, a
+//!   different `ef`) take it exclusively. usearch itself is safe for concurrent add, remove
+//!   and search as long as capacity and thread slots were reserved first.
+//! - `writer` serialises mutations, so two upserts of one key cannot interleave their
+//!   remove/add halves, and capacity is computed from a stable size.
+//! - usearch hands each concurrent call a per-thread context from a pool sized at reserve
+//!   time, and a call that finds none fails. `in_flight` counts admitted calls so there are
+//!   always enough contexts: admission grows the pool (exclusively) before it would run out.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard};
+
+use half::f16;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::format::{self, Header, ShardSection};
+use crate::merge::{top_k_in_place, Order};
+
+/// The key usearch reserves for "no entry"; used as padding where fewer than k hits exist.
+pub const MISSING_KEY: u64 = u64::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Cosine distance, `1 - cos(a, b)`.
+    Cos,
+    /// Inner-product distance, `1 - a·b` (for vectors already normalised, same order as cos).
+    Ip,
+    /// Squared Euclidean distance.
+    L2,
+}
+
+impl Metric {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "cos" | "cosine" => Ok(Metric::Cos),
+            "ip" | "dot" => Ok(Metric::Ip),
+            "l2" | "l2sq" => Ok(Metric::L2),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown metric {s:?}: expected 'cos', 'ip' or 'l2'"
+            ))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Cos => "cos",
+            Metric::Ip => "ip",
+            Metric::L2 => "l2",
+        }
+    }
+    pub(crate) fn code(self) -> u8 {
+        self as u8
+    }
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        [Metric::Cos, Metric::Ip, Metric::L2].get(c as usize).copied()
+    }
+    fn kind(self) -> usearch::MetricKind {
+        match self {
+            Metric::Cos => usearch::MetricKind::Cos,
+            Metric::Ip => usearch::MetricKind::IP,
+            Metric::L2 => usearch::MetricKind::L2sq,
+        }
+    }
+    /// The exact distance in f32, matching usearch's definition for this metric.
+    #[inline]
+    fn distance(self, q: &[f32], v: &[f32]) -> f32 {
+        match self {
+            Metric::Cos => {
+                let (mut ab, mut aa, mut bb) = (0f32, 0f32, 0f32);
+                for (a, b) in q.iter().zip(v) {
+                    ab += a * b;
+                    aa += a * a;
+                    bb += b * b;
+                }
+                if aa == 0.0 || bb == 0.0 {
+                    1.0
+                } else {
+                    1.0 - ab / (aa.sqrt() * bb.sqrt())
+                }
+            }
+            Metric::Ip => 1.0 - q.iter().zip(v).map(|(a, b)| a * b).sum::<f32>(),
+            Metric::L2 => q.iter().zip(v).map(|(a, b)| (a - b) * (a - b)).sum(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+    I8,
+}
+
+impl Dtype {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(Dtype::F32),
+            "f16" | "float16" => Ok(Dtype::F16),
+            "i8" | "int8" => Ok(Dtype::I8),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown dtype {s:?}: expected 'f32', 'f16' or 'i8'"
+            ))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::I8 => "i8",
+        }
+    }
+    pub(crate) fn code(self) -> u8 {
+        self as u8
+    }
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        [Dtype::F32, Dtype::F16, Dtype::I8].get(c as usize).copied()
+    }
+    fn kind(self) -> usearch::ScalarKind {
+        match self {
+            Dtype::F32 => usearch::ScalarKind::F32,
+            Dtype::F16 => usearch::ScalarKind::F16,
+            Dtype::I8 => usearch::ScalarKind::I8,
+        }
+    }
+}
+
+/// How an index is built and searched. `threads == 0` means "all cores".
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub dim: usize,
+    pub metric: Metric,
+    pub dtype: Dtype,
+    pub connectivity: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+    pub shards: usize,
+    pub threads: usize,
+    /// Keep f16 copies of the vectors and re-rank an oversampled candidate list exactly.
+    pub rescore: bool,
+    /// With `rescore`, fetch `k * oversample` candidates before re-ranking.
+    pub oversample: usize,
+}
+
+impl Config {
+    pub fn new(dim: usize) -> Self {
+        Config {
+            dim,
+            metric: Metric::Cos,
+            dtype: Dtype::F32,
+            connectivity: 16,
+            ef_construction: 128,
+            ef_search: 64,
+            shards: 1,
+            threads: 0,
+            rescore: false,
+            oversample: 3,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.dim == 0 || self.dim > 65_536 {
+            return bad(format!("dim must be in 1..=65536, got {}", self.dim));
+        }
+        if !(2..=1024).contains(&self.connectivity) {
+            return bad(format!("connectivity must be in 2..=1024, got {}", self.connectivity));
+        }
+        if self.ef_construction == 0 || self.ef_search == 0 {
+            return bad("ef_construction and ef_search must be > 0".into());
+        }
+        if self.shards == 0 || self.shards > 1024 {
+            return bad(format!("shards must be in 1..=1024, got {}", self.shards));
+        }
+        if self.rescore && self.dtype != Dtype::I8 {
+            return bad(format!(
+                "rescore keeps f16 copies to correct i8 quantisation; with dtype={:?} it adds memory and no accuracy",
+                self.dtype.name()
+            ));
+        }
+        if self.oversample == 0 || self.oversample > 64 {
+            return bad(format!("oversample must be in 1..=64, got {}", self.oversample));
+        }
+        Ok(())
+    }
+
+    fn thread_count(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+/// Results of a batch search: `n` rows of `k`, padded with [`MISSING_KEY`] / `inf` where a
+/// row has fewer than `k` hits (`counts` says how many are real).
+#[derive(Debug, Clone)]
+pub struct Hits {
+    pub n: usize,
+    pub k: usize,
+    pub keys: Vec<u64>,
+    pub distances: Vec<f32>,
+    pub counts: Vec<u64>,
+}
+
+/// f16 copies of the vectors, for exact re-scoring of an i8 index.
+#[derive(Default)]
+struct RescoreStore {
+    row_of: HashMap<u64, usize>,
+    data: Vec<f16>,
+    free: Vec<usize>,
+}
+
+impl RescoreStore {
+    fn put(&mut self, key: u64, v: &[f32]) {
+        let dim = v.len();
+        let row = match self.row_of.get(&key) {
+            Some(&r) => r,
+            None => {
+                let r = self.free.pop().unwrap_or_else(|| {
+                    self.data.resize(self.data.len() + dim, f16::ZERO);
+                    self.data.len() / dim - 1
+                });
+                self.row_of.insert(key, r);
+                r
+            }
+        };
+        for (d, s) in self.data[row * dim..(row + 1) * dim].iter_mut().zip(v) {
+            *d = f16::from_f32(*s);
+        }
+    }
+    fn remove(&mut self, key: u64) {
+        if let Some(r) = self.row_of.remove(&key) {
+            self.free.push(r);
+        }
+    }
+    fn row(&self, key: u64, dim: usize) -> Option<&[f16]> {
+        self.row_of.get(&key).map(|&r| &self.data[r * dim..(r + 1) * dim])
+    }
+}
+
+struct Shard {
+    hnsw: usearch::Index,
+    rescore: Option<RwLock<RescoreStore>>,
+}
+
+/// Keeps a memory-mapped file alive for as long as a viewed index points into it.
+struct Mapped {
+    path: PathBuf,
+    _map: memmap2::Mmap,
+}
+
+pub struct Index {
+    config: Config,
+    shards: Vec<Shard>,
+    gate: RwLock<()>,
+    writer: Mutex<()>,
+    in_flight: AtomicUsize,
+    thread_slots: AtomicUsize,
+    ef_current: AtomicUsize,
+    pool: OnceLock<rayon::ThreadPool>,
+    mapped: Option<Mapped>,
+}
+
+/// Admission to call into usearch: holds the gate shared and `n` counted thread contexts.
+struct Admission<'a> {
+    index: &'a Index,
+    n: usize,
+    _gate: RwLockReadGuard<'a, ()>,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.index.in_flight.fetch_sub(self.n, Ordering::AcqRel);
+    }
+}
+
+/// splitmix64's finaliser: spreads sequential keys evenly over shards.
+#[inline]
+fn shard_hash(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^ (x >> 31)
+}
+
+fn new_hnsw(config: &Config) -> Result<usearch::Index> {
+    let options = usearch::IndexOptions {
+        dimensions: config.dim,
+        metric: config.metric.kind(),
+        quantization: config.dtype.kind(),
+        connectivity: config.connectivity,
+        expansion_add: config.ef_construction,
+        expansion_search: config.ef_search,
+        multi: false,
+    };
+    Ok(usearch::Index::new(&options)?)
+}
+
+impl Index {
+    /// A new, empty index.
+    pub fn new(config: Config) -> Result<Self> {
+        config.validate()?;
+        let shards = (0..config.shards)
+            .map(|_| {
+                Ok(Shard {
+                    hnsw: new_hnsw(&config)?,
+                    rescore: config.rescore.then(|| RwLock::new(RescoreStore::default())),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let index = Self::assemble(config, shards, None);
+        index.reserve_threads(index.config.thread_count() + 4)?;
+        Ok(index)
+    }
+
+    fn assemble(config: Config, shards: Vec<Shard>, mapped: Option<Mapped>) -> Self {
+        let ef = config.ef_search;
+        Index {
+            config,
+            shards,
+            gate: RwLock::new(()),
+            writer: Mutex::new(()),
+            in_flight: AtomicUsize::new(0),
+            thread_slots: AtomicUsize::new(0),
+            ef_current: AtomicUsize::new(ef),
+            pool: OnceLock::new(),
+            mapped,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn dim(&self) -> usize {
+        self.config.dim
+    }
+
+    pub fn len(&self) -> usize {
+        let _g = self.read_gate();
+        self.shards.iter().map(|s| s.hnsw.size()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Path of the file this index is a read-only view of, if it is one.
+    pub fn view_path(&self) -> Option<&Path> {
+        self.mapped.as_ref().map(|m| m.path.as_path())
+    }
+
+    pub fn memory_usage(&self) -> usize {
+        let _g = self.read_gate();
+        self.shards
+            .iter()
+            .map(|s| {
+                s.hnsw.memory_usage()
+                    + s.rescore.as_ref().map_or(0, |r| {
+                        let r = r.read().unwrap_or_else(|p| p.into_inner());
+                        r.data.len() * 2 + r.row_of.len() * 24
+                    })
+            })
+            .sum()
+    }
+
+    /// A short description of the SIMD kernels usearch picked on this CPU.
+    pub fn hardware_acceleration(&self) -> String {
+        self.shards[0].hnsw.hardware_acceleration()
+    }
+
+    fn pool(&self) -> &rayon::ThreadPool {
+        // Built on first use, not at construction, so an index created before a server forks
+        // its workers does not carry a dead pool into the children.
+        self.pool.get_or_init(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(self.config.thread_count())
+                .thread_name(|i| format!("twostage-index-{i}"))
+                .build()
+                .expect("cannot start the index thread pool")
+        })
+    }
+
+    fn read_gate(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shard_of(&self, key: u64) -> usize {
+        (shard_hash(key) % self.shards.len() as u64) as usize
+    }
+
+    fn reserve_threads(&self, want: usize) -> Result<()> {
+        let _g = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let have = self.thread_slots.load(Ordering::Acquire);
+        if want <= have {
+            return Ok(());
+        }
+        let want = want.next_power_of_two();
+        for s in &self.shards {
+            s.hnsw.reserve_capacity_and_threads(s.hnsw.capacity(), want)?;
+        }
+        self.thread_slots.store(want, Ordering::Release);
+        Ok(())
+    }
+
+    /// Admits `n` concurrent calls into usearch at search expansion `ef` (None: any).
+    fn admit(&self, n: usize, ef: Option<usize>) -> Result<Admission<'_>> {
+        loop {
+            let after = self.in_flight.fetch_add(n, Ordering::AcqRel) + n;
+            if after > self.thread_slots.load(Ordering::Acquire) {
+                self.in_flight.fetch_sub(n, Ordering::AcqRel);
+                self.reserve_threads(after)?;
+                continue;
+            }
+            let admission = Admission {
+                index: self,
+                n,
+                _gate: self.read_gate(),
+            };
+            match ef {
+                Some(ef) if ef != self.ef_current.load(Ordering::Acquire) => {
+                    // `ef` is index-wide state in usearch: change it exclusively, then retry.
+                    drop(admission);
+                    let _w = self.gate.write().unwrap_or_else(|p| p.into_inner());
+                    for s in &self.shards {
+                        s.hnsw.change_expansion_search(ef);
+                    }
+                    self.ef_current.store(ef, Ordering::Release);
+                }
+                _ => return Ok(admission),
+            }
+        }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        match &self.mapped {
+            Some(m) => Err(Error::ReadOnly(m.path.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Validates a flat row-major batch of vectors: length, and every value finite.
+    fn check_vectors(&self, data: &[f32], what: &'static str) -> Result<usize> {
+        let dim = self.config.dim;
+        if data.len() % dim != 0 {
+            return Err(Error::DimensionMismatch {
+                what,
+                expected: dim,
+                got: data.len(),
+            });
+        }
+        if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
+            return Err(Error::InvalidVector(format!(
+                "{what} row {} column {} is {} (vectors must be finite)",
+                pos / dim,
+                pos % dim,
+                data[pos]
+            )));
+        }
+        Ok(data.len() / dim)
+    }
+
+    /// Adds vectors under `keys`, replacing the vector of any key already present (upsert).
+    ///
+    /// The whole batch is validated before anything changes: a bad row, a duplicate key or
+    /// the reserved key `u64::MAX` leaves the index as it was.
+    pub fn add(&self, keys: &[u64], vectors: &[f32]) -> Result<usize> {
+        self.check_writable()?;
+        let n = self.check_vectors(vectors, "vectors")?;
+        if n != keys.len() {
+            return Err(Error::InvalidVector(format!(
+                "{} keys but {} vectors: pass one key per row",
+                keys.len(),
+                n
+            )));
+        }
+        let mut first_row: HashMap<u64, usize> = HashMap::with_capacity(n);
+        for (i, &k) in keys.iter().enumerate() {
+            if k == MISSING_KEY {
+                return Err(Error::InvalidArgument(format!(
+                    "key {MISSING_KEY} (2**64 - 1) at row {i} is reserved to mark missing results"
+                )));
+            }
+            if let Some(first) = first_row.insert(k, i) {
+                return Err(Error::DuplicateKey {
+                    key: k,
+                    first,
+                    second: i,
+                });
+            }
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let dim = self.config.dim;
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+
+        // Grow each shard's capacity before the batch: usearch refuses inserts past it. Slots
+        // of removed keys are reused first, so size + new keys always suffices.
+        let mut new_per_shard = vec![0usize; self.shards.len()];
+        for &k in keys {
+            new_per_shard[self.shard_of(k)] += 1;
+        }
+        let needs_growth = self
+            .shards
+            .iter()
+            .zip(&new_per_shard)
+            .any(|(s, &m)| s.hnsw.size() + m > s.hnsw.capacity());
+        if needs_growth {
+            let _g = self.gate.write().unwrap_or_else(|p| p.into_inner());
+            let threads = self.thread_slots.load(Ordering::Acquire);
+            for (s, &m) in self.shards.iter().zip(&new_per_shard) {
+                let need = s.hnsw.size() + m;
+                if need > s.hnsw.capacity() {
+                    let target = need.next_power_of_two().max(1024);
+                    s.hnsw.reserve_capacity_and_threads(target, threads)?;
+                }
+            }
+        }
+
+        let workers = self.config.thread_count().min(n);
+        let _a = self.admit(workers, None)?;
+        let work = |(i, &key): (usize, &u64)| -> Result<()> {
+            let shard = &self.shards[self.shard_of(key)];
+            let v = &vectors[i * dim..(i + 1) * dim];
+            if shard.hnsw.contains(key) {
+                shard.hnsw.remove(key)?;
+            }
+            shard.hnsw.add(key, v)?;
+            if let Some(store) = &shard.rescore {
+                store.write().unwrap_or_else(|p| p.into_inner()).put(key, v);
+            }
+            Ok(())
+        };
+        if workers <= 1 {
+            keys.iter().enumerate().try_for_each(work)?;
+        } else {
+            self.pool()
+                .install(|| keys.par_iter().enumerate().try_for_each(work))?;
+        }
+        Ok(n)
+    }
+
+    /// Removes `keys`. Unless `missing_ok`, an unknown key is an error and nothing is removed.
+    pub fn remove(&self, keys: &[u64], missing_ok: bool) -> Result<usize> {
+        self.check_writable()?;
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _a = self.admit(1, None)?;
+        if !missing_ok {
+            let missing: Vec<u64> = keys
+                .iter()
+                .copied()
+                .filter(|&k| !self.shards[self.shard_of(k)].hnsw.contains(k))
+                .collect();
+            if !missing.is_empty() {
+                return Err(Error::KeyNotFound(missing_message(&missing)));
+            }
+        }
+        let mut removed = 0;
+        let mut seen = HashSet::with_capacity(keys.len());
+        for &k in keys {
+            if !seen.insert(k) {
+                continue;
+            }
+            let shard = &self.shards[self.shard_of(k)];
+            removed += shard.hnsw.remove(k)?;
+            if let Some(store) = &shard.rescore {
+                store.write().unwrap_or_else(|p| p.into_inner()).remove(k);
+            }
+        }
+        Ok(removed)
+    }
+
+    pub fn contains(&self, key: u64) -> bool {
+        let _g = self.read_gate();
+        self.shards[self.shard_of(key)].hnsw.contains(key)
+    }
+
+    /// The stored vectors of `keys` as f32 (dequantised; from the f16 copies with `rescore`).
+    pub fn get(&self, keys: &[u64]) -> Result<Vec<f32>> {
+        let dim = self.config.dim;
+        let _a = self.admit(1, None)?;
+        let mut out = vec![0f32; keys.len() * dim];
+        let mut missing = vec![];
+        for (i, &k) in keys.iter().enumerate() {
+            let shard = &self.shards[self.shard_of(k)];
+            let row = &mut out[i * dim..(i + 1) * dim];
+            if let Some(store) = &shard.rescore {
+                let store = store.read().unwrap_or_else(|p| p.into_inner());
+                match store.row(k, dim) {
+                    Some(src) => row.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32()),
+                    None => missing.push(k),
+                }
+            } else if shard.hnsw.get(k, row)? == 0 {
+                missing.push(k);
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::KeyNotFound(missing_message(&missing)));
+        }
+        Ok(out)
+    }
+
+    /// Searches `queries` (row-major, `n * dim`) for their `k` nearest keys.
+    pub fn search(&self, queries: &[f32], k: usize, ef: Option<usize>) -> Result<Hits> {
+        let n = self.check_vectors(queries, "queries")?;
+        if k == 0 {
+            return Err(Error::InvalidArgument("k must be >= 1".into()));
+        }
+        if k > 1 << 20 {
+            return Err(Error::InvalidArgument(format!("k={k} is too large (max 1048576)")));
+        }
+        if ef == Some(0) {
+            return Err(Error::InvalidArgument("ef must be >= 1".into()));
+        }
+        let ef = ef.unwrap_or(self.config.ef_search);
+        let dim = self.config.dim;
+        let mut hits = Hits {
+            n,
+            k,
+            keys: vec![MISSING_KEY; n * k],
+            distances: vec![f32::INFINITY; n * k],
+            counts: vec![0; n],
+        };
+        if n == 0 {
+            return Ok(hits);
+        }
+        let shards = self.shards.len();
+        let run_one = |q: &[f32], keys: &mut [u64], dists: &mut [f32]| -> Result<u64> {
+            let found = if shards == 1 {
+                self.search_shard(&self.shards[0], q, k)?
+            } else if n == 1 {
+                // One query over many shards: the shards are the parallelism.
+                let lists = self.pool().install(|| {
+                    self.shards
+                        .par_iter()
+                        .map(|s| self.search_shard(s, q, k))
+                        .collect::<Result<Vec<_>>>()
+                })?;
+                crate::merge::merge_topk(lists.iter().map(|l| l.as_slice()), k, Order::LowerFirst)
+            } else {
+                let lists = self
+                    .shards
+                    .iter()
+                    .map(|s| self.search_shard(s, q, k))
+                    .collect::<Result<Vec<_>>>()?;
+                crate::merge::merge_topk(lists.iter().map(|l| l.as_slice()), k, Order::LowerFirst)
+            };
+            for (j, (key, d)) in found.iter().enumerate() {
+                keys[j] = *key;
+                dists[j] = *d;
+            }
+            Ok(found.len() as u64)
+        };
+
+        if n == 1 {
+            let parallel = if shards > 1 { self.config.thread_count().min(shards) } else { 1 };
+            let _a = self.admit(parallel, Some(ef))?;
+            hits.counts[0] = run_one(queries, &mut hits.keys, &mut hits.distances)?;
+        } else {
+            let workers = self.config.thread_count().min(n);
+            let _a = self.admit(workers, Some(ef))?;
+            self.pool().install(|| {
+                queries
+                    .par_chunks(dim)
+                    .zip(hits.keys.par_chunks_mut(k))
+                    .zip(hits.distances.par_chunks_mut(k))
+                    .zip(hits.counts.par_iter_mut())
+                    .try_for_each(|(((q, keys), dists), count)| {
+                        *count = run_one(q, keys, dists)?;
+                        Ok::<(), Error>(())
+                    })
+            })?;
+        }
+        Ok(hits)
+    }
+
+    /// One shard's top-k as (key, distance), best first; exact re-scoring when configured.
+    fn search_shard(&self, shard: &Shard, q: &[f32], k: usize) -> Result<Vec<(u64, f32)>> {
+        let Some(store) = &shard.rescore else {
+            let m = shard.hnsw.search(q, k)?;
+            return Ok(m.keys.into_iter().zip(m.distances).collect());
+        };
+        let m = shard.hnsw.search(q, k * self.config.oversample)?;
+        let dim = self.config.dim;
+        let store = store.read().unwrap_or_else(|p| p.into_inner());
+        let mut buf = vec![0f32; dim];
+        let mut out: Vec<(u64, f32)> = m
+            .keys
+            .iter()
+            .zip(&m.distances)
+            .map(|(&key, &d)| match store.row(key, dim) {
+                Some(row) => {
+                    row.iter().zip(buf.iter_mut()).for_each(|(s, d)| *d = s.to_f32());
+                    (key, self.config.metric.distance(q, &buf))
+                }
+                // Added to the graph but not yet to the store (an upsert in flight).
+                None => (key, d),
+            })
+            .collect();
+        top_k_in_place(&mut out, k, Order::LowerFirst);
+        Ok(out)
+    }
+
+    /// Writes the index to `path` atomically (a temporary file renamed into place), with a
+    /// header naming format version, dim, metric, dtype and count, and a CRC-32 checksum.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.read_gate();
+        let mut blobs = Vec::with_capacity(self.shards.len());
+        for s in &self.shards {
+            let mut buf = vec![0u8; s.hnsw.serialized_length()];
+            s.hnsw.save_to_buffer(&mut buf)?;
+            let rescore = s.rescore.as_ref().map(|r| {
+                let r = r.read().unwrap_or_else(|p| p.into_inner());
+                format::encode_rescore(&r.row_of, &r.data, self.config.dim)
+            });
+            blobs.push((buf, rescore.unwrap_or_default()));
+        }
+        let count = self.shards.iter().map(|s| s.hnsw.size() as u64).sum();
+        let bytes = format::encode(&self.config, count, &blobs);
+        let tmp = tmp_path(path);
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(path, e)
+        })
+    }
+
+    /// Loads an index saved by [`Index::save`] into memory. `threads` overrides the saved
+    /// thread count (it describes the machine, not the data).
+    pub fn load(path: &Path, threads: Option<usize>) -> Result<Self> {
+        let map = map_file(path)?;
+        let (header, sections) = format::decode(&map, path)?;
+        let config = header_config(&header, threads);
+        let mut shards = Vec::with_capacity(sections.len());
+        for (i, sec) in sections.iter().enumerate() {
+            let hnsw = new_hnsw(&config)?;
+            hnsw.load_from_buffer(sec.hnsw(&map)).map_err(|e| {
+                Error::corrupt(path, format!("shard {i}: usearch could not load it: {}", e.what()))
+            })?;
+            shards.push(Shard {
+                rescore: load_rescore(&config, sec, &map, path)?,
+                hnsw,
+            });
+        }
+        let index = Self::assemble(config, shards, None);
+        index.finish_open(&header, path)?;
+        Ok(index)
+    }
+
+    /// Opens a saved index as a read-only memory-mapped view: pages load on demand, and any
+    /// write raises. The f16 re-scoring copies (if any) are read into memory.
+    pub fn view(path: &Path, threads: Option<usize>) -> Result<Self> {
+        let map = map_file(path)?;
+        let (header, sections) = format::decode(&map, path)?;
+        let config = header_config(&header, threads);
+        let mut shards = Vec::with_capacity(sections.len());
+        for (i, sec) in sections.iter().enumerate() {
+            let hnsw = new_hnsw(&config)?;
+            // SAFETY: the mapping is stored in the returned index (`mapped`) and is dropped
+            // after `shards` (field order), so the view never outlives the bytes it reads.
+            unsafe { hnsw.view_from_buffer(sec.hnsw(&map)) }.map_err(|e| {
+                Error::corrupt(path, format!("shard {i}: usearch could not view it: {}", e.what()))
+            })?;
+            shards.push(Shard {
+                rescore: load_rescore(&config, sec, &map, path)?,
+                hnsw,
+            });
+        }
+        let mapped = Mapped {
+            path: path.to_path_buf(),
+            _map: map,
+        };
+        let index = Self::assemble(config, shards, Some(mapped));
+        index.finish_open(&header, path)?;
+        Ok(index)
+    }
+
+    fn finish_open(&self, header: &Header, path: &Path) -> Result<()> {
+        let count: u64 = self.shards.iter().map(|s| s.hnsw.size() as u64).sum();
+        if count != header.count {
+            return Err(Error::corrupt(
+                path,
+                format!("header says {} vectors, the shards hold {count}", header.count),
+            ));
+        }
+        for s in &self.shards {
+            if s.hnsw.dimensions() != self.config.dim {
+                return Err(Error::corrupt(path, "a shard's dimension differs from the header"));
+            }
+            s.hnsw.change_expansion_search(self.config.ef_search);
+        }
+        self.reserve_threads(self.config.thread_count() + 4)
+    }
+}
+
+fn header_config(h: &Header, threads: Option<usize>) -> Config {
+    Config {
+        dim: h.dim as usize,
+        metric: h.metric,
+        dtype: h.dtype,
+        connectivity: h.connectivity as usize,
+        ef_construction: h.ef_construction as usize,
+        ef_search: h.ef_search as usize,
+        shards: h.shards as usize,
+        threads: threads.unwrap_or(0),
+        rescore: h.rescore,
+        oversample: h.oversample as usize,
+    }
+}
+
+fn load_rescore(
+    config: &Config,
+    sec: &ShardSection,
+    map: &[u8],
+    path: &Path,
+) -> Result<Option<RwLock<RescoreStore>>> {
+    if !config.rescore {
+        return Ok(None);
+    }
+    let (row_of, data) = format::decode_rescore(sec.rescore(map), config.dim, path)?;
+    Ok(Some(RwLock::new(RescoreStore {
+        row_of,
+        data,
+        free: vec![],
+    })))
+}
+
+fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the file is opened read-only; twostage writes index files only by renaming a
+    // complete temporary file over them, so a mapped file is never modified in place.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+fn missing_message(missing: &[u64]) -> String {
+    let shown: Vec<String> = missing.iter().take(10).map(|k| k.to_string()).collect();
+    let more = if missing.len() > 10 {
+        format!(" and {} more", missing.len() - 10)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} key(s) not in the index: {}{more}",
+        missing.len(),
+        shown.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rng_vectors(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n * dim)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+            })
+            .collect()
+    }
+
+    fn exact_top1(data: &[f32], q: &[f32], dim: usize, metric: Metric) -> u64 {
+        data.chunks(dim)
+            .enumerate()
+            .map(|(i, v)| (i as u64, metric.distance(q, v)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn add_search_upsert_remove() {
+        let dim = 16;
+        let idx = Index::new(Config::new(dim)).unwrap();
+        let data = rng_vectors(500, dim, 1);
+        let keys: Vec<u64> = (0..500).collect();
+        idx.add(&keys, &data).unwrap();
+        assert_eq!(idx.len(), 500);
+        let hits = idx.search(&data[..dim * 3], 5, None).unwrap();
+        assert_eq!(&hits.keys[..1], &[0]);
+        assert_eq!(hits.keys[5], 1);
+        // Upsert key 0 with key 1's vector: both now sit at distance ~0 from it.
+        idx.add(&[0], &data[dim..2 * dim]).unwrap();
+        assert_eq!(idx.len(), 500);
+        let got = idx.get(&[0]).unwrap();
+        assert!(got.iter().zip(&data[dim..2 * dim]).all(|(a, b)| (a - b).abs() < 1e-6));
+        assert_eq!(idx.remove(&[0, 1], false).unwrap(), 2);
+        assert!(!idx.contains(0) && idx.contains(2));
+        assert!(matches!(idx.remove(&[0], false), Err(Error::KeyNotFound(_))));
+        assert_eq!(idx.remove(&[0], true).unwrap(), 0);
+    }
+
+    #[test]
+    fn bad_input_leaves_index_unchanged() {
+        let idx = Index::new(Config::new(4)).unwrap();
+        idx.add(&[1], &[1.0, 0.0, 0.0, 0.0]).unwrap();
+        assert!(matches!(idx.add(&[2], &[1.0; 3]), Err(Error::DimensionMismatch { .. })));
+        assert!(matches!(
+            idx.add(&[2, 3], &[1.0, 0.0, 0.0, 0.0, f32::NAN, 0.0, 0.0, 0.0]),
+            Err(Error::InvalidVector(_))
+        ));
+        assert!(matches!(idx.add(&[2, 2], &[1.0; 8]), Err(Error::DuplicateKey { .. })));
+        assert!(matches!(idx.add(&[MISSING_KEY], &[1.0; 4]), Err(Error::InvalidArgument(_))));
+        assert!(matches!(idx.search(&[1.0; 4], 0, None), Err(Error::InvalidArgument(_))));
+        assert_eq!(idx.len(), 1);
+        assert!(!idx.contains(2) && !idx.contains(3));
+    }
+
+    #[test]
+    fn fewer_than_k_pads_with_missing() {
+        let idx = Index::new(Config::new(4)).unwrap();
+        idx.add(&[7, 8], &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]).unwrap();
+        let hits = idx.search(&[1.0, 0.0, 0.0, 0.0], 4, None).unwrap();
+        assert_eq!(hits.counts, vec![2]);
+        assert_eq!(&hits.keys, &[7, 8, MISSING_KEY, MISSING_KEY]);
+        assert!(hits.distances[2].is_infinite());
+    }
+
+    #[test]
+    fn shards_and_rescore_find_exact_neighbours() {
+        let dim = 32;
+        for (shards, dtype, rescore) in [(4, Dtype::F32, false), (3, Dtype::I8, true)] {
+            let mut c = Config::new(dim);
+            c.shards = shards;
+            c.dtype = dtype;
+            c.rescore = rescore;
+            c.ef_search = 128;
+            let idx = Index::new(c).unwrap();
+            let data = rng_vectors(2000, dim, 7);
+            idx.add(&(0..2000).collect::<Vec<_>>(), &data).unwrap();
+            let queries = rng_vectors(50, dim, 99);
+            let hits = idx.search(&queries, 10, None).unwrap();
+            let correct = queries
+                .chunks(dim)
+                .enumerate()
+                .filter(|(i, q)| hits.keys[i * 10] == exact_top1(&data, q, dim, Metric::Cos))
+                .count();
+            assert!(correct >= 45, "{shards} shards {dtype:?}: top-1 right for {correct}/50");
+        }
+    }
+
+    #[test]
+    fn save_load_view_roundtrip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.tsidx");
+        let dim = 8;
+        let mut c = Config::new(dim);
+        c.shards = 2;
+        let idx = Index::new(c).unwrap();
+        let data = rng_vectors(300, dim, 3);
+        idx.add(&(0..300).collect::<Vec<_>>(), &data).unwrap();
+        idx.save(&path).unwrap();
+        let q = &data[..dim * 4];
+        let want = idx.search(q, 10, None).unwrap();
+        for opened in [Index::load(&path, None).unwrap(), Index::view(&path, None).unwrap()] {
+            let got = opened.search(q, 10, None).unwrap();
+            assert_eq!(got.keys, want.keys);
+            assert_eq!(got.distances, want.distances);
+        }
+        let view = Index::view(&path, None).unwrap();
+        assert!(matches!(view.add(&[1000], &data[..dim]), Err(Error::ReadOnly(_))));
+        assert!(matches!(view.remove(&[1], false), Err(Error::ReadOnly(_))));
+
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+        assert!(matches!(Index::load(&path, None), Err(Error::CorruptIndex { .. })));
+        let mut flipped = bytes.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0xff;
+        std::fs::write(&path, &flipped).unwrap();
+        assert!(matches!(Index::load(&path, None), Err(Error::CorruptIndex { .. })));
+        std::fs::write(&path, b"not an index at all").unwrap();
+        assert!(matches!(Index::view(&path, None), Err(Error::CorruptIndex { .. })));
+        assert!(matches!(
+            Index::load(&dir.path().join("missing"), None),
+            Err(Error::Io { .. })
+        ));
+    }
+}
