@@ -6,6 +6,7 @@ them; the reranker can be swapped while the service runs.
 >>> import numpy as np, twostage
 >>> index = twostage.Index(dim=4, metric="cos")
 >>> index.add([1, 2], np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=np.float32))
+2
 >>> result = index.search(np.array([1, 0.1, 0, 0], dtype=np.float32), k=2)
 >>> result.keys.tolist()
 [1, 2]

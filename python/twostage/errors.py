@@ -26,6 +26,10 @@ class InvalidVector(TwostageError, ValueError):
     """Vectors are unusable: NaN or inf values, wrong rank, or keys/rows that do not pair up."""
 
 
+class InvalidArgument(TwostageError, ValueError):
+    """An argument is out of range or malformed (k <= 0, an unknown metric, bad ef, ...)."""
+
+
 class DuplicateKey(TwostageError, ValueError):
     """The same key appears twice in one ``add`` call (ambiguous: which vector wins?)."""
 
@@ -72,6 +76,7 @@ __all__ = [
     "CorruptIndex",
     "DimensionMismatch",
     "DuplicateKey",
+    "InvalidArgument",
     "InvalidModel",
     "InvalidVector",
     "KeyNotFound",

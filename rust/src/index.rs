@@ -470,12 +470,9 @@ impl Index {
         Ok(data.len() / dim)
     }
 
-    /// Adds vectors under `keys`, replacing the vector of any key already present (upsert).
-    ///
-    /// The whole batch is validated before anything changes: a bad row, a duplicate key or
-    /// the reserved key `u64::MAX` leaves the index as it was.
-    pub fn add(&self, keys: &[u64], vectors: &[f32]) -> Result<usize> {
-        self.check_writable()?;
+    /// Checks a batch for `add` without changing anything: shape, finiteness, one key per
+    /// row, no key twice, no reserved key. Returns the row count.
+    pub fn validate_batch(&self, keys: &[u64], vectors: &[f32]) -> Result<usize> {
         let n = self.check_vectors(vectors, "vectors")?;
         if n != keys.len() {
             return Err(Error::InvalidVector(format!(
@@ -499,6 +496,16 @@ impl Index {
                 });
             }
         }
+        Ok(n)
+    }
+
+    /// Adds vectors under `keys`, replacing the vector of any key already present (upsert).
+    ///
+    /// The whole batch is validated before anything changes: a bad row, a duplicate key or
+    /// the reserved key `u64::MAX` leaves the index as it was.
+    pub fn add(&self, keys: &[u64], vectors: &[f32]) -> Result<usize> {
+        self.check_writable()?;
+        let n = self.validate_batch(keys, vectors)?;
         if n == 0 {
             return Ok(0);
         }
