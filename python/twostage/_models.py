@@ -25,6 +25,7 @@ from twostage.errors import InvalidModel, ModelNotFound
 from twostage.export import (
     EXPORTER_VERSION,
     BertConfig,
+    Head,
     build_bert_graph,
     file_sha256,
     load_weights,
@@ -78,6 +79,7 @@ class ModelFiles:
     """A resolved model: the ONNX file for one precision, its tokenizer and settings."""
 
     name: str
+    precision: Precision
     onnx: Path
     tokenizer: Path
     settings: dict[str, Any]
@@ -168,7 +170,7 @@ def _from_checkpoint(
     weights_path = _require(folder, "model.safetensors")
     tok_path = _require(folder, "tokenizer.json")
     settings = _load_settings(folder, kind, extra)
-    head = "classifier" if kind == "reranker" else settings["pooling"]
+    head: Head = "classifier" if kind == "reranker" else settings["pooling"]
     if head == "none":
         raise InvalidModel(f"{folder}: pooling 'none' needs a model.onnx, not a checkpoint")
     fused = True
@@ -198,6 +200,7 @@ def _from_checkpoint(
     onnx_path = fp32 if precision == "fp32" else _int8(fp32, cache_dir)
     return ModelFiles(
         name=name,
+        precision=precision,
         onnx=onnx_path,
         tokenizer=cache_dir / "tokenizer.json",
         settings=settings,
@@ -220,6 +223,7 @@ def _from_onnx_folder(
         onnx_path = _int8(fp32, cache_home() / "models" / f"{name}-{key[:16]}")
     return ModelFiles(
         name=name,
+        precision=precision,
         onnx=onnx_path,
         tokenizer=tok_path,
         settings=settings,

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from twostage._models import Precision, load_tokenizer, resolve
+from twostage._models import ModelFiles, Precision, load_tokenizer, resolve
 from twostage._onnx import Batch, check_inputs, check_texts, make_session, plan_batches
 from twostage.errors import InvalidModel
 
@@ -27,9 +27,6 @@ class Encoder:
     Use :meth:`load`. ``encode`` is the whole pipeline; ``tokenize``, ``batches``, ``run``
     and ``postprocess`` are its stages, for callers that batch across requests.
     """
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        raise TypeError("use Encoder.load(spec, ...)")
 
     @classmethod
     def load(
@@ -56,7 +53,17 @@ class Encoder:
         >>> enc = Encoder.load("minilm-l6", precision="fp32")  # doctest: +SKIP
         """
         files = resolve(spec, "encoder", precision)
-        self = object.__new__(cls)
+        return cls(files, max_length=max_length, threads=threads, providers=providers)
+
+    def __init__(
+        self,
+        files: ModelFiles,
+        *,
+        max_length: int | None = None,
+        threads: int | None = None,
+        providers: Sequence[str] | str | None = None,
+    ) -> None:
+        """Internal: use :meth:`load`, which resolves a spec to ``files``."""
         settings = files.settings
         model_max = int(settings["max_length"])
         if max_length is not None and not 1 <= max_length <= model_max:
@@ -69,14 +76,13 @@ class Encoder:
             "document": str(settings.get("document_prefix", "")),
         }
         self._name = files.name
-        self._precision = precision
+        self._precision = files.precision
         self._fingerprint = files.fingerprint
         self._tokenizer = load_tokenizer(files.tokenizer, self._max_length)
         self._pad_id = 0  # padded positions are masked out: the id only has to be valid
         self._session = make_session(files.onnx, threads=threads, providers=providers)
         self._inputs = check_inputs(self._session, files.onnx)
         self._output, self._dim = self._pick_output(files.onnx)
-        return self
 
     def _pick_output(self, path: os.PathLike[str]) -> tuple[str, int]:
         outs = self._session.get_outputs()

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -122,7 +122,7 @@ class _Graph:
         self._n += 1
         return f"{hint}_{self._n}"
 
-    def const(self, value: np.ndarray | float | int | list[int], hint: str = "c") -> str:
+    def const(self, value: np.ndarray | np.generic | float | list[int], hint: str = "c") -> str:
         arr = np.asarray(value)
         if arr.dtype == np.float64:
             arr = arr.astype(np.float32)
@@ -138,7 +138,7 @@ class _Graph:
         hint: str | None = None,
         n_out: int = 1,
         domain: str = "",
-        **attrs: object,
+        **attrs: Any,
     ) -> str:
         outs = [self.name(hint or op_type) for _ in range(n_out)]
         node = helper.make_node(

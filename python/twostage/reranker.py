@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twostage._models import Precision, load_tokenizer, resolve
+from twostage._models import ModelFiles, Precision, load_tokenizer, resolve
 from twostage._onnx import Batch, check_inputs, check_texts, make_session, plan_batches
 from twostage.errors import InvalidModel
 
@@ -43,9 +43,6 @@ class Reranker:
     ``batches``, ``run`` and ``postprocess`` are its stages, so a server can batch pairs
     from several requests into one ``run``.
     """
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        raise TypeError("use Reranker.load(spec, ...)")
 
     @classmethod
     def load(
@@ -71,13 +68,23 @@ class Reranker:
         >>> rr = Reranker.load("ce/", precision="fp32", max_length=256)  # doctest: +SKIP
         """
         files = resolve(spec, "reranker", precision)
-        self = object.__new__(cls)
+        return cls(files, max_length=max_length, threads=threads, providers=providers)
+
+    def __init__(
+        self,
+        files: ModelFiles,
+        *,
+        max_length: int | None = None,
+        threads: int | None = None,
+        providers: Sequence[str] | str | None = None,
+    ) -> None:
+        """Internal: use :meth:`load`, which resolves a spec to ``files``."""
         model_max = int(files.settings["max_length"])
         if max_length is not None and not 8 <= max_length <= model_max:
             raise ValueError(f"max_length must be in 8..{model_max} for this model")
         self._max_length = max_length or model_max
         self._name = files.name
-        self._precision = precision
+        self._precision = files.precision
         self._fingerprint = files.fingerprint
         self._tokenizer = load_tokenizer(files.tokenizer, self._max_length)
         cls_id = self._tokenizer.token_to_id("[CLS]")
@@ -95,7 +102,6 @@ class Reranker:
                 f"{[(o.name, o.shape) for o in outs]}"
             )
         self._output = out.name
-        return self
 
     # ---- properties ----
     @property
