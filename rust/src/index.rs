@@ -692,21 +692,40 @@ impl Index {
         Ok(hits)
     }
 
+    /// usearch's search, cleaned of what a concurrent writer can leave in it: a slot being
+    /// removed or reused reads as the free key (u64::MAX) or, briefly, twice. Such entries
+    /// are dropped, and the search is retried (a few times) when that left fewer than `k`.
+    fn hnsw_search(&self, shard: &Shard, q: &[f32], k: usize) -> Result<Vec<(u64, f32)>> {
+        let mut attempt = 0;
+        loop {
+            let m = shard.hnsw.search(q, k)?;
+            let raw = m.keys.len();
+            let mut seen = HashSet::with_capacity(raw);
+            let out: Vec<(u64, f32)> = m
+                .keys
+                .into_iter()
+                .zip(m.distances)
+                .filter(|&(key, _)| key != MISSING_KEY && seen.insert(key))
+                .collect();
+            attempt += 1;
+            if out.len() == raw || out.len() >= k || attempt == 3 {
+                return Ok(out);
+            }
+        }
+    }
+
     /// One shard's top-k as (key, distance), best first; exact re-scoring when configured.
     fn search_shard(&self, shard: &Shard, q: &[f32], k: usize) -> Result<Vec<(u64, f32)>> {
         let Some(store) = &shard.rescore else {
-            let m = shard.hnsw.search(q, k)?;
-            return Ok(m.keys.into_iter().zip(m.distances).collect());
+            return self.hnsw_search(shard, q, k);
         };
-        let m = shard.hnsw.search(q, k * self.config.oversample)?;
+        let m = self.hnsw_search(shard, q, k * self.config.oversample)?;
         let dim = self.config.dim;
         let store = store.read().unwrap_or_else(|p| p.into_inner());
         let mut buf = vec![0f32; dim];
         let mut out: Vec<(u64, f32)> = m
-            .keys
-            .iter()
-            .zip(&m.distances)
-            .map(|(&key, &d)| match store.row(key, dim) {
+            .into_iter()
+            .map(|(key, d)| match store.row(key, dim) {
                 Some(row) => {
                     row.iter().zip(buf.iter_mut()).for_each(|(s, d)| *d = s.to_f32());
                     (key, self.config.metric.distance(q, &buf))
