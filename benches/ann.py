@@ -477,6 +477,17 @@ def run(args: argparse.Namespace) -> str:
                 flush=True,
             )
 
+    if any(ef < args.k for ef in efs):
+        notes.append(
+            f"ef < k={args.k}: hnswlib, usearch and twostage search with max(ef, k); faiss uses "
+            "efSearch as given (fewer distances, lower recall), so its rows at ef < k are not "
+            "comparable with the others'."
+        )
+    notes.append(
+        "p99 on a 2-core machine is dominated by scheduling: one preemption of the "
+        "benchmark thread costs a time slice (ms); compare p50s, and p99 only between rows "
+        "of the same run."
+    )
     notes += usearch_threads_note(built, qs, args.k, efs)
     bw = measure_bandwidth()
     report = render(args, built, efs, notes, bw, key)

@@ -12,7 +12,7 @@ clusters are trivially easy. ``noise`` is the noise norm relative to the signal 
 overlap like neighbouring topics do; 0.6 made them separate and HNSW nearly exact).
 
 Tuning (100k x 384, 1,000 queries, hnswlib M=16 efConstruction=128, cosine, recall@100
-against exact; ef below k=100 acts as ef=k in all three libraries, so ef 32 equals ef 64):
+against exact; hnswlib searches with max(ef, k), so its ef 32 equals its ef 64):
 
     n_clusters, subspace_dim, noise, spread   ef=64  ef=128 ef=256 ef=512  top-1 cos
     1000, 48, 0.35, 0.6                       0.984  0.990  0.997  0.999  0.78  (too easy)
