@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import twostage
 from twostage import Index, errors
 from twostage.synthetic import clustered_vectors, queries
@@ -25,7 +24,8 @@ def brute_force(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+    pairs = zip(found, truth, strict=True)
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in pairs]))
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +123,17 @@ def test_input_conversions_without_surprises() -> None:
             "inf",
         ),
         (lambda ix: ix.add([9, 9], np.ones((2, 4), np.float32)), errors.DuplicateKey, "9"),
-        (lambda ix: ix.add([9, 10, 11], np.ones((2, 4), np.float32)), errors.InvalidVector, "3 keys"),
+        (
+            lambda ix: ix.add([9, 10, 11], np.ones((2, 4), np.float32)),
+            errors.InvalidVector,
+            "3 keys",
+        ),
         (lambda ix: ix.add([-1], np.ones((1, 4), np.float32)), errors.InvalidArgument, "non-neg"),
-        (lambda ix: ix.add([MISSING], np.ones((1, 4), np.float32)), errors.InvalidArgument, "reserved"),
+        (
+            lambda ix: ix.add([MISSING], np.ones((1, 4), np.float32)),
+            errors.InvalidArgument,
+            "reserved",
+        ),
         (lambda ix: ix.add(["a"], np.ones((1, 4), np.float32)), errors.InvalidArgument, "integers"),
         (lambda ix: ix.search(np.ones(4, np.float32), k=0), errors.InvalidArgument, "k must"),
         (lambda ix: ix.search(np.ones(4, np.float32), k=-3), errors.InvalidArgument, "k must"),
@@ -214,7 +222,7 @@ def test_damaged_files_raise_corrupt_index_naming_the_file(tmp_path: Path) -> No
             with pytest.raises(errors.CorruptIndex) as info:
                 opener(path)
             assert str(path) in str(info.value) and reason in str(info.value), str(info.value)
-    with pytest.raises(FileNotFoundError, match="missing.tsidx"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.tsidx"):
         Index.load(tmp_path / "missing.tsidx")
 
 
@@ -268,7 +276,9 @@ def test_search_while_other_threads_add_and_remove() -> None:
         except BaseException as e:  # pragma: no cover - reported below
             failures.append(e)
 
-    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(4)]
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=reader) for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from twostage import Slot, errors, merge_topk, rerank_order, rrf
 
 scores = st.one_of(
@@ -70,7 +69,9 @@ def test_rrf_matches_oracle(lists, k) -> None:
 def test_rerank_order_matches_oracle(data) -> None:
     n = data.draw(st.integers(0, 40))
     candidates = data.draw(st.lists(st.integers(0, 10_000), min_size=n, max_size=n, unique=True))
-    picked = data.draw(st.lists(st.sampled_from(candidates), unique=True) if candidates else st.just([]))
+    picked = data.draw(
+        st.lists(st.sampled_from(candidates), unique=True) if candidates else st.just([])
+    )
     scored = {key: data.draw(scores) for key in picked}
     order = rerank_order(candidates, scored).tolist()
     real = {key: float(np.float32(s)) for key, s in scored.items() if not math.isnan(s)}
@@ -131,7 +132,7 @@ def test_slot_many_readers_one_swapper() -> None:
 
 def test_slot_releases_old_object_after_last_reader() -> None:
     slot = Slot(Model(1))
-    version, held = slot.get()
+    _, held = slot.get()
     ref = weakref.ref(held)
     slot.swap(Model(2))
     gc.collect()
@@ -145,6 +146,6 @@ def test_slot_releases_old_object_after_last_reader() -> None:
 def test_slot_compare_and_swap() -> None:
     slot = Slot("a")
     assert slot.compare_and_swap(1, "b") == 2
-    with pytest.raises(errors.VersionConflict, match="expected version 1.*holds version 2"):
+    with pytest.raises(errors.VersionConflict, match=r"expected version 1.*holds version 2"):
         slot.compare_and_swap(1, "c")
     assert slot.get() == (2, "b")

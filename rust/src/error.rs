@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("dimension mismatch: {what} has {got} values per vector, the index has dim={expected}")]
+    #[error(
+        "dimension mismatch: {what} has {got} values per vector, the index has dim={expected}"
+    )]
     DimensionMismatch {
         what: &'static str,
         expected: usize,
@@ -16,7 +18,11 @@ pub enum Error {
     InvalidVector(String),
 
     #[error("duplicate key {key} in one call (rows {first} and {second}): pass each key once")]
-    DuplicateKey { key: u64, first: usize, second: usize },
+    DuplicateKey {
+        key: u64,
+        first: usize,
+        second: usize,
+    },
 
     #[error("{0}")]
     KeyNotFound(String),
@@ -34,7 +40,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("this index is a read-only memory-mapped view of {0}: load it with Index.load to modify it")]
+    #[error(
+        "this index is a read-only memory-mapped view of {0}: load it with Index.load to modify it"
+    )]
     ReadOnly(PathBuf),
 
     #[error("version conflict: expected version {expected}, the slot holds version {actual}")]

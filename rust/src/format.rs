@@ -146,7 +146,9 @@ pub fn read_header(file: &[u8], path: &Path) -> Result<Header> {
         )));
     }
     if crc32fast::hash(&file[..60]) != u32_at(file, 60) {
-        return Err(corrupt("header checksum mismatch: the header is damaged".into()));
+        return Err(corrupt(
+            "header checksum mismatch: the header is damaged".into(),
+        ));
     }
     let metric = Metric::from_code(file[20])
         .ok_or_else(|| corrupt(format!("unknown metric code {}", file[20])))?;
@@ -191,7 +193,10 @@ pub fn decode(file: &[u8], path: &Path) -> Result<(Header, Vec<ShardSection>)> {
     }
     let shards = header.shards as usize;
     if shards == 0 || HEADER_LEN + shards * 32 > file.len() || header.dim == 0 {
-        return Err(corrupt(format!("implausible header: {shards} shards, dim {}", header.dim)));
+        return Err(corrupt(format!(
+            "implausible header: {shards} shards, dim {}",
+            header.dim
+        )));
     }
     let mut sections = Vec::with_capacity(shards);
     for i in 0..shards {
@@ -199,7 +204,9 @@ pub fn decode(file: &[u8], path: &Path) -> Result<(Header, Vec<ShardSection>)> {
         let v: Vec<usize> = (0..4).map(|j| u64_at(file, at + j * 8) as usize).collect();
         for (off, len) in [(v[0], v[1]), (v[2], v[3])] {
             if off.checked_add(len).is_none_or(|end| end > file.len()) {
-                return Err(corrupt(format!("shard {i}'s section lies outside the file")));
+                return Err(corrupt(format!(
+                    "shard {i}'s section lies outside the file"
+                )));
             }
         }
         sections.push(ShardSection {

@@ -62,7 +62,9 @@ impl Metric {
         self as u8
     }
     pub(crate) fn from_code(c: u8) -> Option<Self> {
-        [Metric::Cos, Metric::Ip, Metric::L2].get(c as usize).copied()
+        [Metric::Cos, Metric::Ip, Metric::L2]
+            .get(c as usize)
+            .copied()
     }
     fn kind(self) -> usearch::MetricKind {
         match self {
@@ -173,7 +175,10 @@ impl Config {
             return bad(format!("dim must be in 1..=65536, got {}", self.dim));
         }
         if !(2..=1024).contains(&self.connectivity) {
-            return bad(format!("connectivity must be in 2..=1024, got {}", self.connectivity));
+            return bad(format!(
+                "connectivity must be in 2..=1024, got {}",
+                self.connectivity
+            ));
         }
         if self.ef_construction == 0 || self.ef_search == 0 {
             return bad("ef_construction and ef_search must be > 0".into());
@@ -188,7 +193,10 @@ impl Config {
             ));
         }
         if self.oversample == 0 || self.oversample > 64 {
-            return bad(format!("oversample must be in 1..=64, got {}", self.oversample));
+            return bad(format!(
+                "oversample must be in 1..=64, got {}",
+                self.oversample
+            ));
         }
         Ok(())
     }
@@ -245,7 +253,9 @@ impl RescoreStore {
         }
     }
     fn row(&self, key: u64, dim: usize) -> Option<&[f16]> {
-        self.row_of.get(&key).map(|&r| &self.data[r * dim..(r + 1) * dim])
+        self.row_of
+            .get(&key)
+            .map(|&r| &self.data[r * dim..(r + 1) * dim])
     }
 }
 
@@ -407,7 +417,8 @@ impl Index {
         }
         let want = want.next_power_of_two();
         for s in &self.shards {
-            s.hnsw.reserve_capacity_and_threads(s.hnsw.capacity(), want)?;
+            s.hnsw
+                .reserve_capacity_and_threads(s.hnsw.capacity(), want)?;
         }
         self.thread_slots.store(want, Ordering::Release);
         Ok(())
@@ -625,7 +636,9 @@ impl Index {
             return Err(Error::InvalidArgument("k must be >= 1".into()));
         }
         if k > 1 << 20 {
-            return Err(Error::InvalidArgument(format!("k={k} is too large (max 1048576)")));
+            return Err(Error::InvalidArgument(format!(
+                "k={k} is too large (max 1048576)"
+            )));
         }
         if ef == Some(0) {
             return Err(Error::InvalidArgument("ef must be >= 1".into()));
@@ -671,7 +684,11 @@ impl Index {
         };
 
         if n == 1 {
-            let parallel = if shards > 1 { self.config.thread_count().min(shards) } else { 1 };
+            let parallel = if shards > 1 {
+                self.config.thread_count().min(shards)
+            } else {
+                1
+            };
             let _a = self.admit(parallel, Some(ef))?;
             hits.counts[0] = run_one(queries, &mut hits.keys, &mut hits.distances)?;
         } else {
@@ -727,7 +744,9 @@ impl Index {
             .into_iter()
             .map(|(key, d)| match store.row(key, dim) {
                 Some(row) => {
-                    row.iter().zip(buf.iter_mut()).for_each(|(s, d)| *d = s.to_f32());
+                    row.iter()
+                        .zip(buf.iter_mut())
+                        .for_each(|(s, d)| *d = s.to_f32());
                     (key, self.config.metric.distance(q, &buf))
                 }
                 // Added to the graph but not yet to the store (an upsert in flight).
@@ -778,7 +797,10 @@ impl Index {
         for (i, sec) in sections.iter().enumerate() {
             let hnsw = new_hnsw(&config)?;
             hnsw.load_from_buffer(sec.hnsw(&map)).map_err(|e| {
-                Error::corrupt(path, format!("shard {i}: usearch could not load it: {}", e.what()))
+                Error::corrupt(
+                    path,
+                    format!("shard {i}: usearch could not load it: {}", e.what()),
+                )
             })?;
             shards.push(Shard {
                 rescore: load_rescore(&config, sec, &map, path)?,
@@ -802,7 +824,10 @@ impl Index {
             // SAFETY: the mapping is stored in the returned index (`mapped`) and is dropped
             // after `shards` (field order), so the view never outlives the bytes it reads.
             unsafe { hnsw.view_from_buffer(sec.hnsw(&map)) }.map_err(|e| {
-                Error::corrupt(path, format!("shard {i}: usearch could not view it: {}", e.what()))
+                Error::corrupt(
+                    path,
+                    format!("shard {i}: usearch could not view it: {}", e.what()),
+                )
             })?;
             shards.push(Shard {
                 rescore: load_rescore(&config, sec, &map, path)?,
@@ -823,12 +848,18 @@ impl Index {
         if count != header.count {
             return Err(Error::corrupt(
                 path,
-                format!("header says {} vectors, the shards hold {count}", header.count),
+                format!(
+                    "header says {} vectors, the shards hold {count}",
+                    header.count
+                ),
             ));
         }
         for s in &self.shards {
             if s.hnsw.dimensions() != self.config.dim {
-                return Err(Error::corrupt(path, "a shard's dimension differs from the header"));
+                return Err(Error::corrupt(
+                    path,
+                    "a shard's dimension differs from the header",
+                ));
             }
             s.hnsw.change_expansion_search(self.config.ef_search);
         }
@@ -876,7 +907,10 @@ fn map_file(path: &Path) -> Result<memmap2::Mmap> {
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp-{}", std::process::id()));
     path.with_file_name(name)
 }
@@ -900,7 +934,9 @@ mod tests {
     use super::*;
 
     fn rng_vectors(n: usize, dim: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n * dim)
             .map(|_| {
                 x ^= x << 13;
@@ -935,10 +971,16 @@ mod tests {
         idx.add(&[0], &data[dim..2 * dim]).unwrap();
         assert_eq!(idx.len(), 500);
         let got = idx.get(&[0]).unwrap();
-        assert!(got.iter().zip(&data[dim..2 * dim]).all(|(a, b)| (a - b).abs() < 1e-6));
+        assert!(got
+            .iter()
+            .zip(&data[dim..2 * dim])
+            .all(|(a, b)| (a - b).abs() < 1e-6));
         assert_eq!(idx.remove(&[0, 1], false).unwrap(), 2);
         assert!(!idx.contains(0) && idx.contains(2));
-        assert!(matches!(idx.remove(&[0], false), Err(Error::KeyNotFound(_))));
+        assert!(matches!(
+            idx.remove(&[0], false),
+            Err(Error::KeyNotFound(_))
+        ));
         assert_eq!(idx.remove(&[0], true).unwrap(), 0);
     }
 
@@ -946,14 +988,26 @@ mod tests {
     fn bad_input_leaves_index_unchanged() {
         let idx = Index::new(Config::new(4)).unwrap();
         idx.add(&[1], &[1.0, 0.0, 0.0, 0.0]).unwrap();
-        assert!(matches!(idx.add(&[2], &[1.0; 3]), Err(Error::DimensionMismatch { .. })));
+        assert!(matches!(
+            idx.add(&[2], &[1.0; 3]),
+            Err(Error::DimensionMismatch { .. })
+        ));
         assert!(matches!(
             idx.add(&[2, 3], &[1.0, 0.0, 0.0, 0.0, f32::NAN, 0.0, 0.0, 0.0]),
             Err(Error::InvalidVector(_))
         ));
-        assert!(matches!(idx.add(&[2, 2], &[1.0; 8]), Err(Error::DuplicateKey { .. })));
-        assert!(matches!(idx.add(&[MISSING_KEY], &[1.0; 4]), Err(Error::InvalidArgument(_))));
-        assert!(matches!(idx.search(&[1.0; 4], 0, None), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            idx.add(&[2, 2], &[1.0; 8]),
+            Err(Error::DuplicateKey { .. })
+        ));
+        assert!(matches!(
+            idx.add(&[MISSING_KEY], &[1.0; 4]),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            idx.search(&[1.0; 4], 0, None),
+            Err(Error::InvalidArgument(_))
+        ));
         assert_eq!(idx.len(), 1);
         assert!(!idx.contains(2) && !idx.contains(3));
     }
@@ -961,7 +1015,8 @@ mod tests {
     #[test]
     fn fewer_than_k_pads_with_missing() {
         let idx = Index::new(Config::new(4)).unwrap();
-        idx.add(&[7, 8], &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0]).unwrap();
+        idx.add(&[7, 8], &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+            .unwrap();
         let hits = idx.search(&[1.0, 0.0, 0.0, 0.0], 4, None).unwrap();
         assert_eq!(hits.counts, vec![2]);
         assert_eq!(&hits.keys, &[7, 8, MISSING_KEY, MISSING_KEY]);
@@ -987,7 +1042,10 @@ mod tests {
                 .enumerate()
                 .filter(|(i, q)| hits.keys[i * 10] == exact_top1(&data, q, dim, Metric::Cos))
                 .count();
-            assert!(correct >= 45, "{shards} shards {dtype:?}: top-1 right for {correct}/50");
+            assert!(
+                correct >= 45,
+                "{shards} shards {dtype:?}: top-1 right for {correct}/50"
+            );
         }
     }
 
@@ -1004,25 +1062,40 @@ mod tests {
         idx.save(&path).unwrap();
         let q = &data[..dim * 4];
         let want = idx.search(q, 10, None).unwrap();
-        for opened in [Index::load(&path, None).unwrap(), Index::view(&path, None).unwrap()] {
+        for opened in [
+            Index::load(&path, None).unwrap(),
+            Index::view(&path, None).unwrap(),
+        ] {
             let got = opened.search(q, 10, None).unwrap();
             assert_eq!(got.keys, want.keys);
             assert_eq!(got.distances, want.distances);
         }
         let view = Index::view(&path, None).unwrap();
-        assert!(matches!(view.add(&[1000], &data[..dim]), Err(Error::ReadOnly(_))));
+        assert!(matches!(
+            view.add(&[1000], &data[..dim]),
+            Err(Error::ReadOnly(_))
+        ));
         assert!(matches!(view.remove(&[1], false), Err(Error::ReadOnly(_))));
 
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
-        assert!(matches!(Index::load(&path, None), Err(Error::CorruptIndex { .. })));
+        assert!(matches!(
+            Index::load(&path, None),
+            Err(Error::CorruptIndex { .. })
+        ));
         let mut flipped = bytes.clone();
         let mid = flipped.len() / 2;
         flipped[mid] ^= 0xff;
         std::fs::write(&path, &flipped).unwrap();
-        assert!(matches!(Index::load(&path, None), Err(Error::CorruptIndex { .. })));
+        assert!(matches!(
+            Index::load(&path, None),
+            Err(Error::CorruptIndex { .. })
+        ));
         std::fs::write(&path, b"not an index at all").unwrap();
-        assert!(matches!(Index::view(&path, None), Err(Error::CorruptIndex { .. })));
+        assert!(matches!(
+            Index::view(&path, None),
+            Err(Error::CorruptIndex { .. })
+        ));
         assert!(matches!(
             Index::load(&dir.path().join("missing"), None),
             Err(Error::Io { .. })

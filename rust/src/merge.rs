@@ -135,9 +135,7 @@ pub fn rerank_order(candidates: &[u64], scored: &[(u64, f32)]) -> Result<Vec<usi
             )));
         };
         if score_of[pos].is_some() {
-            return Err(Error::InvalidArgument(format!(
-                "key {key} is scored twice"
-            )));
+            return Err(Error::InvalidArgument(format!("key {key} is scored twice")));
         }
         if !score.is_nan() {
             score_of[pos] = Some(score);
@@ -150,7 +148,13 @@ pub fn rerank_order(candidates: &[u64], scored: &[(u64, f32)]) -> Result<Vec<usi
         .collect();
     first.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut out: Vec<usize> = first.into_iter().map(|(i, _)| i).collect();
-    out.extend(score_of.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i));
+    out.extend(
+        score_of
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_none())
+            .map(|(i, _)| i),
+    );
     Ok(out)
 }
 
@@ -185,8 +189,10 @@ mod tests {
 
     fn same(a: &[(u64, f32)], b: &[(u64, f32)]) -> bool {
         a.len() == b.len()
-            && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && x.1.to_bits() == y.1.to_bits()
-                || (x.0 == y.0 && x.1.is_nan() && y.1.is_nan()))
+            && a.iter().zip(b).all(|(x, y)| {
+                x.0 == y.0 && x.1.to_bits() == y.1.to_bits()
+                    || (x.0 == y.0 && x.1.is_nan() && y.1.is_nan())
+            })
     }
 
     proptest! {
@@ -262,16 +268,28 @@ mod tests {
     fn duplicate_key_keeps_best() {
         let a: &[(u64, f32)] = &[(5, 0.9), (6, 0.1)];
         let b: &[(u64, f32)] = &[(5, 0.2)];
-        assert_eq!(merge_topk([a, b], 10, Order::LowerFirst), vec![(6, 0.1), (5, 0.2)]);
-        assert_eq!(merge_topk([a, b], 10, Order::HigherFirst), vec![(5, 0.9), (6, 0.1)]);
+        assert_eq!(
+            merge_topk([a, b], 10, Order::LowerFirst),
+            vec![(6, 0.1), (5, 0.2)]
+        );
+        assert_eq!(
+            merge_topk([a, b], 10, Order::HigherFirst),
+            vec![(5, 0.9), (6, 0.1)]
+        );
     }
 
     #[test]
     fn rerank_order_nan_is_unscored_and_errors_are_specific() {
         let order = rerank_order(&[10, 20, 30], &[(30, 1.0), (10, f32::NAN)]).unwrap();
         assert_eq!(order, vec![2, 0, 1]);
-        assert!(matches!(rerank_order(&[1, 1], &[]), Err(Error::InvalidArgument(_))));
-        assert!(matches!(rerank_order(&[1], &[(2, 0.0)]), Err(Error::KeyNotFound(_))));
+        assert!(matches!(
+            rerank_order(&[1, 1], &[]),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            rerank_order(&[1], &[(2, 0.0)]),
+            Err(Error::KeyNotFound(_))
+        ));
         assert!(rrf(std::iter::empty::<&[u64]>(), 3, f64::NAN).is_err());
     }
 }

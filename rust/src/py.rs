@@ -76,9 +76,9 @@ fn u64_keys<'py>(obj: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArrayDyn<'py, u6
     }
     let py = obj.py();
     let np = py.import("numpy")?;
-    let arr = np.call_method1("asarray", (obj,)).map_err(|e| {
-        exc::InvalidArgument::new_err(format!("keys must be integers: {e}"))
-    })?;
+    let arr = np
+        .call_method1("asarray", (obj,))
+        .map_err(|e| exc::InvalidArgument::new_err(format!("keys must be integers: {e}")))?;
     let kind: String = arr.getattr("dtype")?.getattr("kind")?.extract()?;
     let ndim: usize = arr.getattr("ndim")?.extract()?;
     let size: usize = arr.getattr("size")?.extract()?;
@@ -100,7 +100,10 @@ fn u64_keys<'py>(obj: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArrayDyn<'py, u6
             )));
         }
     }
-    let arr = np.call_method1("ascontiguousarray", (arr.call_method1("reshape", (-1,))?, "uint64"))?;
+    let arr = np.call_method1(
+        "ascontiguousarray",
+        (arr.call_method1("reshape", (-1,))?, "uint64"),
+    )?;
     Ok(arr.cast_into::<PyArrayDyn<u64>>()?.readonly())
 }
 
@@ -133,7 +136,11 @@ impl PySearchResult {
             )));
         };
         let keys = self.keys.bind(py).cast::<PyArrayDyn<u64>>()?.readonly();
-        let dists = self.distances.bind(py).cast::<PyArrayDyn<f32>>()?.readonly();
+        let dists = self
+            .distances
+            .bind(py)
+            .cast::<PyArrayDyn<f32>>()?
+            .readonly();
         let k = keys.shape().last().copied().unwrap_or(0);
         let (keys, dists) = (keys.as_slice()?, dists.as_slice()?);
         Ok((0..count as usize)
@@ -142,7 +149,7 @@ impl PySearchResult {
     }
 
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
-        Ok(self.counts.bind(py).len()?)
+        self.counts.bind(py).len()
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -197,7 +204,9 @@ impl PyIndex {
         oversample: usize,
     ) -> PyResult<Self> {
         if threads == Some(0) {
-            return Err(exc::InvalidArgument::new_err("threads must be >= 1 (or None for all cores)"));
+            return Err(exc::InvalidArgument::new_err(
+                "threads must be >= 1 (or None for all cores)",
+            ));
         }
         let config = Config {
             dim,
@@ -225,7 +234,12 @@ impl PyIndex {
     ///
     /// Returns:
     ///     The number of vectors written.
-    fn add(&self, py: Python<'_>, keys: &Bound<'_, PyAny>, vectors: &Bound<'_, PyAny>) -> PyResult<usize> {
+    fn add(
+        &self,
+        py: Python<'_>,
+        keys: &Bound<'_, PyAny>,
+        vectors: &Bound<'_, PyAny>,
+    ) -> PyResult<usize> {
         let keys = u64_keys(keys)?;
         let vectors = f32_array(vectors, "vectors")?;
         if vectors.ndim() != 2 {
@@ -310,11 +324,15 @@ impl PyIndex {
         ef: Option<i64>,
     ) -> PyResult<PySearchResult> {
         if k <= 0 {
-            return Err(exc::InvalidArgument::new_err(format!("k must be >= 1, got {k}")));
+            return Err(exc::InvalidArgument::new_err(format!(
+                "k must be >= 1, got {k}"
+            )));
         }
         if let Some(ef) = ef {
             if ef <= 0 {
-                return Err(exc::InvalidArgument::new_err(format!("ef must be >= 1, got {ef}")));
+                return Err(exc::InvalidArgument::new_err(format!(
+                    "ef must be >= 1, got {ef}"
+                )));
             }
         }
         let q = f32_array(queries, "queries")?;
@@ -348,7 +366,10 @@ impl PyIndex {
             (keys.into_any(), distances.into_any())
         } else {
             // A reshape of a fresh contiguous array is a view: no copy.
-            (keys.reshape([n, k])?.into_any(), distances.reshape([n, k])?.into_any())
+            (
+                keys.reshape([n, k])?.into_any(),
+                distances.reshape([n, k])?.into_any(),
+            )
         };
         Ok(PySearchResult {
             keys: keys.unbind(),
@@ -404,7 +425,10 @@ impl PyIndex {
         d.set_item("ef_search", h.ef_search)?;
         d.set_item("rescore", h.rescore)?;
         d.set_item("checksum", h.payload_crc)?;
-        d.set_item("size_bytes", h.payload_len + crate::format::HEADER_LEN as u64)?;
+        d.set_item(
+            "size_bytes",
+            h.payload_len + crate::format::HEADER_LEN as u64,
+        )?;
         Ok(d)
     }
 
@@ -473,7 +497,11 @@ impl PyIndex {
             c.dtype.name(),
             self.inner.len(),
             c.shards,
-            if self.read_only() { ", read_only=True" } else { "" }
+            if self.read_only() {
+                ", read_only=True"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -533,6 +561,7 @@ impl PySlot {
 }
 
 type KeyScoreLists = Vec<(Vec<u64>, Vec<f32>)>;
+type KeysAndScores<'py> = (Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<f32>>);
 
 /// Merges ranked lists into one deduplicated top-``k``.
 ///
@@ -550,7 +579,7 @@ fn merge_topk<'py>(
     lists: KeyScoreLists,
     k: usize,
     higher_is_better: bool,
-) -> PyResult<(Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<f32>>)> {
+) -> PyResult<KeysAndScores<'py>> {
     let mut pairs = Vec::with_capacity(lists.len());
     for (i, (keys, scores)) in lists.iter().enumerate() {
         if keys.len() != scores.len() {
@@ -560,9 +589,18 @@ fn merge_topk<'py>(
                 scores.len()
             )));
         }
-        pairs.push(keys.iter().copied().zip(scores.iter().copied()).collect::<Vec<_>>());
+        pairs.push(
+            keys.iter()
+                .copied()
+                .zip(scores.iter().copied())
+                .collect::<Vec<_>>(),
+        );
     }
-    let order = if higher_is_better { merge::Order::HigherFirst } else { merge::Order::LowerFirst };
+    let order = if higher_is_better {
+        merge::Order::HigherFirst
+    } else {
+        merge::Order::LowerFirst
+    };
     let out = py.detach(|| merge::merge_topk(pairs.iter().map(|p| p.as_slice()), k, order));
     let (keys, scores): (Vec<u64>, Vec<f32>) = out.into_iter().unzip();
     Ok((PyArray1::from_vec(py, keys), PyArray1::from_vec(py, scores)))
@@ -579,7 +617,7 @@ fn rrf<'py>(
     lists: Vec<Vec<u64>>,
     k: usize,
     c: f64,
-) -> PyResult<(Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<f32>>)> {
+) -> PyResult<KeysAndScores<'py>> {
     let out = py.detach(|| merge::rrf(lists.iter().map(|l| l.as_slice()), k, c))?;
     let (keys, scores): (Vec<u64>, Vec<f32>) = out.into_iter().unzip();
     Ok((PyArray1::from_vec(py, keys), PyArray1::from_vec(py, scores)))
@@ -608,7 +646,10 @@ fn rerank_order<'py>(
         pairs.push((k, s));
     }
     let order = merge::rerank_order(&candidates, &pairs)?;
-    Ok(PyArray1::from_vec(py, order.into_iter().map(|i| i as i64).collect()))
+    Ok(PyArray1::from_vec(
+        py,
+        order.into_iter().map(|i| i as i64).collect(),
+    ))
 }
 
 #[pymodule]

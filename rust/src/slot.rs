@@ -115,9 +115,17 @@ mod tests {
         let slot = Slot::new(payload.clone());
         let held = slot.get();
         slot.swap(Arc::new(()));
-        assert_eq!(Arc::strong_count(&payload), 2, "the held reader keeps the old pair alive");
+        assert_eq!(
+            Arc::strong_count(&payload),
+            2,
+            "the held reader keeps the old pair alive"
+        );
         drop(held);
-        assert_eq!(Arc::strong_count(&payload), 1, "freed once the last reader let go");
+        assert_eq!(
+            Arc::strong_count(&payload),
+            1,
+            "freed once the last reader let go"
+        );
     }
 
     #[test]
@@ -125,7 +133,10 @@ mod tests {
         let slot = Slot::new("a");
         assert_eq!(slot.compare_and_swap(1, "b").unwrap(), 2);
         match slot.compare_and_swap(1, "c") {
-            Err(Error::VersionConflict { expected: 1, actual: 2 }) => {}
+            Err(Error::VersionConflict {
+                expected: 1,
+                actual: 2,
+            }) => {}
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(slot.get().value, "b");
