@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -243,9 +244,8 @@ impl RescoreStore {
                 r
             }
         };
-        for (d, s) in self.data[row * dim..(row + 1) * dim].iter_mut().zip(v) {
-            *d = f16::from_f32(*s);
-        }
+        // Slice conversion uses F16C when the CPU has it (runtime-detected by `half`).
+        self.data[row * dim..(row + 1) * dim].convert_from_f32_slice(v);
     }
     fn remove(&mut self, key: u64) {
         if let Some(r) = self.row_of.remove(&key) {
@@ -616,7 +616,7 @@ impl Index {
             if let Some(store) = &shard.rescore {
                 let store = store.read().unwrap_or_else(|p| p.into_inner());
                 match store.row(k, dim) {
-                    Some(src) => row.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32()),
+                    Some(src) => src.convert_to_f32_slice(row),
                     None => missing.push(k),
                 }
             } else if shard.hnsw.get(k, row)? == 0 {
@@ -744,9 +744,7 @@ impl Index {
             .into_iter()
             .map(|(key, d)| match store.row(key, dim) {
                 Some(row) => {
-                    row.iter()
-                        .zip(buf.iter_mut())
-                        .for_each(|(s, d)| *d = s.to_f32());
+                    row.convert_to_f32_slice(&mut buf);
                     (key, self.config.metric.distance(q, &buf))
                 }
                 // Added to the graph but not yet to the store (an upsert in flight).
