@@ -8,8 +8,32 @@
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::{Error, Result};
+
+/// A hasher for u64 keys: one multiply-xorshift instead of SipHash. Keys here are document
+/// ids chosen by the caller, not attacker-controlled input to a long-lived table, and the
+/// merge sits on every query's path (SipHash made the 8 x 100 merge ~3x slower).
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        let x = (x ^ (x >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        self.0 = x ^ (x >> 32);
+    }
+}
+
+pub(crate) type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
 
 /// Which end of the score range is better.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +75,7 @@ pub fn merge_topk<'a, I>(lists: I, k: usize, order: Order) -> Vec<(u64, f32)>
 where
     I: IntoIterator<Item = &'a [(u64, f32)]>,
 {
-    let mut best: HashMap<u64, f32> = HashMap::new();
+    let mut best: KeyMap<f32> = KeyMap::default();
     for list in lists {
         for &(key, score) in list {
             best.entry(key)
@@ -94,7 +118,7 @@ where
         )));
     }
     // Accumulate in f64 so that summing many small terms does not reorder near-ties.
-    let mut fused: HashMap<u64, f64> = HashMap::new();
+    let mut fused: KeyMap<f64> = KeyMap::default();
     for list in lists {
         let mut seen = std::collections::HashSet::with_capacity(list.len());
         for (i, &key) in list.iter().enumerate() {
@@ -119,7 +143,8 @@ where
 /// Errors if a candidate key repeats or a scored key is not among the candidates: either
 /// means the caller mixed up two result sets, and a silently wrong order is worse.
 pub fn rerank_order(candidates: &[u64], scored: &[(u64, f32)]) -> Result<Vec<usize>> {
-    let mut position: HashMap<u64, usize> = HashMap::with_capacity(candidates.len());
+    let mut position: KeyMap<usize> =
+        KeyMap::with_capacity_and_hasher(candidates.len(), Default::default());
     for (i, &key) in candidates.iter().enumerate() {
         if position.insert(key, i).is_some() {
             return Err(Error::InvalidArgument(format!(
