@@ -351,12 +351,20 @@ def main() -> None:
             budget_s=budget,
         )
         emit(f"| contrib-op graph, 1 thread | {pct(t, 50):.1f} | {gflops(t):.0f} |")
-    std = standard_op_reranker(ce_dir, threads)
-    std_batch = rr.batches(pairs, 100)[0]
-    feeds = std_batch.feeds(["input_ids", "attention_mask", "token_type_ids"])
-    t = timeit(lambda: std.run(None, feeds), min_reps=3, max_reps=50, budget_s=budget)
-    label = "standard-op graph (ORT fuses LayerNorm/GELU, not attention)"
-    emit(f"| {label} | {pct(t, 50):.1f} | {gflops(t):.0f} |")
+    feeds = rr.batches(pairs, 100)[0].feeds(["input_ids", "attention_mask", "token_type_ids"])
+    for variant, label in [
+        ("std-op", "standard-op graph, dynamic int8 (ORT fuses LayerNorm/GELU, not attention)"),
+        ("mha", "MatMul QKV + MultiHeadAttention, dynamic int8"),
+        ("nbits8", "weight-only 8-bit MatMulNBits (block 32, int8 compute)"),
+    ]:
+        sess = variant_session(ce_dir, variant, threads)
+        if sess is None:
+            emit(f"| {label} | not run (onnx-ir not installed) | |")
+            continue
+        t = timeit(
+            lambda sess=sess: sess.run(None, feeds), min_reps=3, max_reps=50, budget_s=budget
+        )
+        emit(f"| {label} | {pct(t, 50):.1f} | {gflops(t):.0f} |")
     emit()
 
     # ---- mixed sessions
@@ -389,22 +397,44 @@ def main() -> None:
     print(f"wrote {args.out}", file=sys.stderr)
 
 
-def standard_op_reranker(ce_dir: Path, threads: int) -> ort.InferenceSession:
-    """The same cross-encoder exported with standard ONNX ops only, int8."""
+def variant_session(ce_dir: Path, variant: str, threads: int) -> ort.InferenceSession | None:
+    """The same cross-encoder in another graph style or quantisation, as a raw session.
+
+    ``std-op``: standard ONNX ops only, dynamic int8. ``mha``: QKV as a plain MatMul plus
+    MultiHeadAttention, dynamic int8. ``nbits8``: weight-only 8-bit MatMulNBits (block 32,
+    accuracy_level 4 = int8 compute), needs the ``onnx-ir`` package; None when absent.
+    """
     from twostage.export import BertConfig, build_bert_graph, quantize_int8, save_atomic
 
-    cache = ce_dir.parent / "std-op"
-    q = cache / "model_int8.onnx"
+    cache = ce_dir.parent / variant
+    q = cache / "model_q.onnx"
     if not q.is_file():
+        if variant == "nbits8":
+            try:
+                from onnxruntime.quantization.matmul_nbits_quantizer import (
+                    DefaultWeightOnlyQuantConfig,
+                    MatMulNBitsQuantizer,
+                )
+            except ImportError:
+                return None
         cache.mkdir(parents=True, exist_ok=True)
         model = build_bert_graph(
             BertConfig.from_file(ce_dir / "config.json"),
             load_weights(ce_dir / "model.safetensors"),
             head="classifier",
-            fused=False,
+            fused=variant != "std-op",
+            attention="mha" if variant == "mha" else "attention",
         )
         save_atomic(model, cache / "model.onnx")
-        quantize_int8(cache / "model.onnx", q)
+        if variant == "nbits8":
+            cfg = DefaultWeightOnlyQuantConfig(
+                block_size=32, is_symmetric=True, accuracy_level=4, bits=8
+            )
+            quantizer = MatMulNBitsQuantizer(onnx.load(cache / "model.onnx"), algo_config=cfg)
+            quantizer.process()
+            quantizer.model.save_model_to_file(str(q), False)
+        else:
+            quantize_int8(cache / "model.onnx", q)
     return make_session(q, threads=threads)
 
 
