@@ -400,6 +400,26 @@ def test_reranker_fp32_matches_numpy_forward(ce_fp32: Reranker, ce_dir: Path) ->
     assert np.std(expected) > 0.1  # the random head does separate pairs: not a vacuous test
 
 
+def test_reranker_matches_transformers_where_installed(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch", reason="PyTorch not installed (optional check)")
+    transformers = pytest.importorskip("transformers", reason="transformers not installed")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(**{k: v for k, v in CE_CONFIG.items() if k != "architectures"})
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    shutil.copy(MINILM_DIR / "tokenizer.json", tmp_path / "tokenizer.json")
+    rr = Reranker.load(tmp_path, precision="fp32", max_length=128)
+    pairs = rr.pack(rr.tokenize_query(QUERY), rr.tokenize_documents(DOCS))
+    (batch,) = rr.batches(pairs, 64)
+    with torch.no_grad():
+        logits = model(
+            input_ids=torch.from_numpy(batch.input_ids),
+            attention_mask=torch.from_numpy(batch.attention_mask),
+            token_type_ids=torch.from_numpy(batch.token_type_ids),
+        ).logits.numpy()
+    np.testing.assert_allclose(rr.postprocess(rr.run(batch)), logits[:, 0], atol=1e-4)
+
+
 def test_reranker_int8_close_to_fp32(ce_fp32: Reranker, ce_dir: Path) -> None:
     int8 = Reranker.load(ce_dir, precision="int8")
     a, b = ce_fp32.score(QUERY, DOCS), int8.score(QUERY, DOCS)

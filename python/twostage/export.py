@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable
@@ -442,6 +443,14 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> N
     dst = Path(dst)
     fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
+    # quantize_dynamic logs a "run pre-processing" hint through logging.warning() on the root
+    # logger, which would also install a stderr handler (basicConfig) in the caller's process.
+    # The hint is about shape inference for static quantisation and does not apply here.
+    root = logging.getLogger()
+    hush = logging.NullHandler()
+    drop = _DropMessage("pre-processing before quantization")
+    root.addHandler(hush)
+    root.addFilter(drop)
     try:
         quantize_dynamic(
             str(src),
@@ -457,6 +466,18 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        root.removeFilter(drop)
+        root.removeHandler(hush)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
