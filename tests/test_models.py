@@ -256,6 +256,15 @@ def test_properties(enc_fp32: Encoder, enc_int8: Encoder) -> None:
         Encoder.load("minilm-l6", max_length=1000)
 
 
+def test_sentence_transformers_folder_reads_its_settings(enc_fp32: Encoder) -> None:
+    # The package's folder is a plain sentence-transformers checkpoint: pooling, Normalize and
+    # max_seq_length come from its own files, giving the same model as the built-in name.
+    enc = Encoder.load(MINILM_DIR, precision="fp32")
+    assert (enc.max_length, enc.normalize, enc.dim) == (256, True, 384)
+    assert enc.fingerprint == enc_fp32.fingerprint
+    np.testing.assert_allclose(enc.encode(DOCS[:3]), enc_fp32.encode(DOCS[:3]), atol=1e-6)
+
+
 def test_batching_by_length_is_invisible(enc_fp32: Encoder) -> None:
     texts = [*DOCS, QUERY]
     together = enc_fp32.encode(texts, batch_size=3)
