@@ -717,7 +717,8 @@ impl Index {
         loop {
             let m = shard.hnsw.search(q, k)?;
             let raw = m.keys.len();
-            let mut seen = HashSet::with_capacity(raw);
+            let mut seen: crate::merge::KeySet =
+                crate::merge::KeySet::with_capacity_and_hasher(raw, Default::default());
             let out: Vec<(u64, f32)> = m
                 .keys
                 .into_iter()

@@ -34,6 +34,7 @@ impl Hasher for KeyHasher {
 }
 
 pub(crate) type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
+pub(crate) type KeySet = std::collections::HashSet<u64, BuildHasherDefault<KeyHasher>>;
 
 /// Which end of the score range is better.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
