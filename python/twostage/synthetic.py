@@ -20,8 +20,8 @@ against exact; hnswlib searches with max(ef, k), so its ef 32 equals its ef 64):
     1000, 32, 0.35, 1.0                       0.891  0.920  0.973  0.994  0.72
     1000, 64, 0.35, 1.0                       0.886  0.906  0.952  0.981  0.66
 
-Intrinsic dimension (the subspace), not isotropic noise, is what makes the graph search
-hard: noise mostly shrinks all similarities alike. The chosen point has top-1 cosine ~0.72
+The subspace dimension and the cluster overlap set the difficulty (rows above). The
+chosen point has top-1 cosine ~0.72
 and 100th-neighbour cosine ~0.52, close to what MiniLM gives on real passage collections;
 at 1M the same ef gives lower recall, so the 32..512 sweep spans the 0.95 target.
 
