@@ -14,13 +14,21 @@ them; the reranker can be swapped while the service runs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from twostage import errors
 from twostage._core import Index, SearchResult, Slot, merge_topk, rerank_order, rrf
+
+if TYPE_CHECKING:
+    from twostage.encoder import Encoder
+    from twostage.reranker import Reranker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Encoder",
     "Index",
+    "Reranker",
     "SearchResult",
     "Slot",
     "__version__",
@@ -29,3 +37,17 @@ __all__ = [
     "rerank_order",
     "rrf",
 ]
+
+# The model classes pull in onnxruntime and tokenizers (~0.5 s to import); load them on
+# first use so that `import twostage` stays cheap for index-only users.
+_LAZY = {"Encoder": "twostage.encoder", "Reranker": "twostage.reranker"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'twostage' has no attribute {name!r}")
