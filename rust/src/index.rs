@@ -26,6 +26,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::format::{self, Header, ShardSection};
+use crate::kernels::{self, Isa, Kind};
 use crate::merge::{top_k_in_place, Order};
 
 /// The key usearch reserves for "no entry"; used as padding where fewer than k hits exist.
@@ -303,6 +304,30 @@ fn shard_hash(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Replaces usearch's distance with ours for f32/f16 storage (see `kernels`); i8 keeps
+/// usearch's VNNI kernel, which is already fast. Must be called again after `load`/`view`,
+/// which restore the built-in metric from the file.
+fn install_kernel(hnsw: &mut usearch::Index, config: &Config) {
+    let kind = match config.metric {
+        Metric::L2 => Kind::L2sq,
+        Metric::Cos | Metric::Ip => Kind::OneMinusDot,
+    };
+    let (isa, dim) = (Isa::detect(), config.dim);
+    match config.dtype {
+        Dtype::F32 => {
+            let f = kernels::f32_kernel(kind, isa);
+            hnsw.change_metric::<f32>(Box::new(move |a, b| f(a, b, dim)));
+        }
+        Dtype::F16 => {
+            let f = kernels::f16_kernel(kind, isa);
+            hnsw.change_metric::<usearch::f16>(Box::new(move |a, b| {
+                f(a as *const u16, b as *const u16, dim)
+            }));
+        }
+        Dtype::I8 => {}
+    }
+}
+
 fn new_hnsw(config: &Config) -> Result<usearch::Index> {
     let options = usearch::IndexOptions {
         dimensions: config.dim,
@@ -322,8 +347,10 @@ impl Index {
         config.validate()?;
         let shards = (0..config.shards)
             .map(|_| {
+                let mut hnsw = new_hnsw(&config)?;
+                install_kernel(&mut hnsw, &config);
                 Ok(Shard {
-                    hnsw: new_hnsw(&config)?,
+                    hnsw,
                     rescore: config.rescore.then(|| RwLock::new(RescoreStore::default())),
                 })
             })
@@ -386,7 +413,10 @@ impl Index {
 
     /// A short description of the SIMD kernels usearch picked on this CPU.
     pub fn hardware_acceleration(&self) -> String {
-        self.shards[0].hnsw.hardware_acceleration()
+        match self.config.dtype {
+            Dtype::I8 => format!("usearch:{}", self.shards[0].hnsw.hardware_acceleration()),
+            _ => format!("twostage:{}", Isa::detect().name()),
+        }
     }
 
     fn pool(&self) -> &rayon::ThreadPool {
@@ -460,10 +490,22 @@ impl Index {
         }
     }
 
+    /// With our `1 - a·b` kernel, cosine needs unit vectors: normalise a copy. Other
+    /// metrics and i8 storage (usearch's own kernel) take the input as it is.
+    fn prepare<'a>(&self, data: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        if self.config.metric == Metric::Cos && self.config.dtype != Dtype::I8 {
+            let mut owned = data.to_vec();
+            kernels::normalize_rows(&mut owned, self.config.dim);
+            std::borrow::Cow::Owned(owned)
+        } else {
+            std::borrow::Cow::Borrowed(data)
+        }
+    }
+
     /// Validates a flat row-major batch of vectors: length, and every value finite.
     fn check_vectors(&self, data: &[f32], what: &'static str) -> Result<usize> {
         let dim = self.config.dim;
-        if data.len() % dim != 0 {
+        if !data.len().is_multiple_of(dim) {
             return Err(Error::DimensionMismatch {
                 what,
                 expected: dim,
@@ -477,6 +519,13 @@ impl Index {
                 pos % dim,
                 data[pos]
             )));
+        }
+        if self.config.metric == Metric::Cos {
+            if let Some(row) = data.chunks(dim).position(|r| r.iter().all(|&x| x == 0.0)) {
+                return Err(Error::InvalidVector(format!(
+                    "{what} row {row} is all zeros: cosine distance is undefined for it"
+                )));
+            }
         }
         Ok(data.len() / dim)
     }
@@ -520,6 +569,8 @@ impl Index {
         if n == 0 {
             return Ok(0);
         }
+        let vectors = self.prepare(vectors);
+        let vectors: &[f32] = &vectors;
         let dim = self.config.dim;
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
 
@@ -645,6 +696,8 @@ impl Index {
         }
         let ef = ef.unwrap_or(self.config.ef_search);
         let dim = self.config.dim;
+        let queries = self.prepare(queries);
+        let queries: &[f32] = &queries;
         let mut hits = Hits {
             n,
             k,
@@ -711,7 +764,7 @@ impl Index {
 
     /// usearch's search, cleaned of what a concurrent writer can leave in it: a slot being
     /// removed or reused reads as the free key (u64::MAX) or, briefly, twice. Such entries
-    /// are dropped, and the search is retried (a few times) when that left fewer than `k`.
+    /// are dropped, and the search is retried (up to 3 times) when it came back short.
     fn hnsw_search(&self, shard: &Shard, q: &[f32], k: usize) -> Result<Vec<(u64, f32)>> {
         let mut attempt = 0;
         loop {
@@ -726,7 +779,10 @@ impl Index {
                 .filter(|&(key, _)| key != MISSING_KEY && seen.insert(key))
                 .collect();
             attempt += 1;
-            if out.len() == raw || out.len() >= k || attempt == 3 {
+            // A walk that raced a writer can also stop early (a neighbour list being
+            // rewritten by an upsert): retry while the shard holds more than we got.
+            let complete = out.len() >= k.min(shard.hnsw.size());
+            if complete || attempt == 3 {
                 return Ok(out);
             }
         }
@@ -794,13 +850,14 @@ impl Index {
         let config = header_config(&header, threads);
         let mut shards = Vec::with_capacity(sections.len());
         for (i, sec) in sections.iter().enumerate() {
-            let hnsw = new_hnsw(&config)?;
+            let mut hnsw = new_hnsw(&config)?;
             hnsw.load_from_buffer(sec.hnsw(&map)).map_err(|e| {
                 Error::corrupt(
                     path,
                     format!("shard {i}: usearch could not load it: {}", e.what()),
                 )
             })?;
+            install_kernel(&mut hnsw, &config);
             shards.push(Shard {
                 rescore: load_rescore(&config, sec, &map, path)?,
                 hnsw,
@@ -819,7 +876,7 @@ impl Index {
         let config = header_config(&header, threads);
         let mut shards = Vec::with_capacity(sections.len());
         for (i, sec) in sections.iter().enumerate() {
-            let hnsw = new_hnsw(&config)?;
+            let mut hnsw = new_hnsw(&config)?;
             // SAFETY: the mapping is stored in the returned index (`mapped`) and is dropped
             // after `shards` (field order), so the view never outlives the bytes it reads.
             unsafe { hnsw.view_from_buffer(sec.hnsw(&map)) }.map_err(|e| {
@@ -828,6 +885,7 @@ impl Index {
                     format!("shard {i}: usearch could not view it: {}", e.what()),
                 )
             })?;
+            install_kernel(&mut hnsw, &config);
             shards.push(Shard {
                 rescore: load_rescore(&config, sec, &map, path)?,
                 hnsw,
@@ -969,11 +1027,12 @@ mod tests {
         // Upsert key 0 with key 1's vector: both now sit at distance ~0 from it.
         idx.add(&[0], &data[dim..2 * dim]).unwrap();
         assert_eq!(idx.len(), 500);
+        // `cos` stores unit vectors (our kernel is `1 - a·b`), so get() returns key 1's row
+        // normalised.
         let got = idx.get(&[0]).unwrap();
-        assert!(got
-            .iter()
-            .zip(&data[dim..2 * dim])
-            .all(|(a, b)| (a - b).abs() < 1e-6));
+        let mut want = data[dim..2 * dim].to_vec();
+        kernels::normalize_rows(&mut want, dim);
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6));
         assert_eq!(idx.remove(&[0, 1], false).unwrap(), 2);
         assert!(!idx.contains(0) && idx.contains(2));
         assert!(matches!(

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod format;
 pub mod index;
+pub mod kernels;
 pub mod merge;
 pub mod slot;
 

@@ -53,10 +53,15 @@ impl Order {
             (true, true) => Ordering::Equal,
             (true, false) => Ordering::Greater,
             (false, true) => Ordering::Less,
-            (false, false) => match self {
-                Order::HigherFirst => b.1.total_cmp(&a.1),
-                Order::LowerFirst => a.1.total_cmp(&b.1),
-            },
+            // Neither is NaN, so partial_cmp is total here, and unlike total_cmp it treats
+            // -0.0 and 0.0 as equal (a tie, broken by key).
+            (false, false) => {
+                let o = a.1.partial_cmp(&b.1).unwrap_or(Ordering::Equal);
+                match self {
+                    Order::HigherFirst => o.reverse(),
+                    Order::LowerFirst => o,
+                }
+            }
         };
         by_score.then(a.0.cmp(&b.0))
     }
@@ -81,7 +86,11 @@ where
         for &(key, score) in list {
             best.entry(key)
                 .and_modify(|s| {
-                    if order.better(score, *s) {
+                    // Among equal-ranking scores (-0.0 vs 0.0, two NaNs) keep the lowest bit
+                    // pattern, so the result does not depend on the order lists arrive in.
+                    if order.better(score, *s)
+                        || (!order.better(*s, score) && score.total_cmp(s) == Ordering::Less)
+                    {
                         *s = score;
                     }
                 })
@@ -172,7 +181,11 @@ pub fn rerank_order(candidates: &[u64], scored: &[(u64, f32)]) -> Result<Vec<usi
         .enumerate()
         .filter_map(|(i, s)| s.map(|s| (i, s)))
         .collect();
-    first.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    first.sort_unstable_by(|a, b| {
+        b.1.partial_cmp(&a.1)
+            .unwrap_or(Ordering::Equal)
+            .then(a.0.cmp(&b.0))
+    });
     let mut out: Vec<usize> = first.into_iter().map(|(i, _)| i).collect();
     out.extend(
         score_of
@@ -192,7 +205,7 @@ mod tests {
     /// The oracle: concatenate, keep each key's best, sort fully, truncate.
     fn oracle(lists: &[Vec<(u64, f32)>], k: usize, order: Order) -> Vec<(u64, f32)> {
         let mut all: Vec<(u64, f32)> = lists.iter().flatten().copied().collect();
-        all.sort_by(|a, b| order.cmp_entries(*a, *b));
+        all.sort_by(|a, b| order.cmp_entries(*a, *b).then(a.1.total_cmp(&b.1)));
         let mut seen = std::collections::HashSet::new();
         all.retain(|e| seen.insert(e.0));
         all.truncate(k);
