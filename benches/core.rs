@@ -35,7 +35,9 @@ fn clustered(n: usize, dim: usize, seed: u64) -> Vec<f32> {
     let mut rng = Rng(0x9E3779B97F4A7C15 ^ 7);
     let sub = 48.min(dim);
     let centres: Vec<f32> = (0..500 * sub).map(|_| rng.normal()).collect();
-    let basis: Vec<f32> = (0..sub * dim).map(|_| rng.normal() / (dim as f32).sqrt()).collect();
+    let basis: Vec<f32> = (0..sub * dim)
+        .map(|_| rng.normal() / (dim as f32).sqrt())
+        .collect();
     let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
     let mut out = vec![0f32; n * dim];
     let mut z = vec![0f32; sub];
@@ -65,7 +67,12 @@ fn bench_search(c: &mut Criterion) {
     let keys: Vec<u64> = (0..n as u64).collect();
     let mut group = c.benchmark_group(format!("search/n={n}/dim={dim}/k={k}"));
     group.sample_size(20);
-    for (dtype, rescore) in [(Dtype::F32, false), (Dtype::F16, false), (Dtype::I8, false), (Dtype::I8, true)] {
+    for (dtype, rescore) in [
+        (Dtype::F32, false),
+        (Dtype::F16, false),
+        (Dtype::I8, false),
+        (Dtype::I8, true),
+    ] {
         let mut config = Config::new(dim);
         config.dtype = dtype;
         config.rescore = rescore;
@@ -79,7 +86,9 @@ fn bench_search(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("one_query/ef=128", &label), |b| {
             b.iter(|| {
                 i = (i + 1) % 256;
-                let hits = index.search(&queries[i * dim..(i + 1) * dim], k, None).unwrap();
+                let hits = index
+                    .search(&queries[i * dim..(i + 1) * dim], k, None)
+                    .unwrap();
                 assert_eq!(hits.counts[0], k as u64);
                 black_box(hits)
             })
