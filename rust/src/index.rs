@@ -694,6 +694,15 @@ impl Index {
         if ef == Some(0) {
             return Err(Error::InvalidArgument("ef must be >= 1".into()));
         }
+        // The result arrays are allocated up front; refuse sizes that could only end in an
+        // allocation failure (which aborts the process instead of raising).
+        const MAX_RESULTS: usize = 1 << 28;
+        if n.checked_mul(k).is_none_or(|total| total > MAX_RESULTS) {
+            return Err(Error::InvalidArgument(format!(
+                "{n} queries x k={k} is more than {MAX_RESULTS} results in one call: \
+                 split the batch"
+            )));
+        }
         let ef = ef.unwrap_or(self.config.ef_search);
         let dim = self.config.dim;
         let queries = self.prepare(queries);
