@@ -12,11 +12,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from twostage.errors import InvalidModel, ModelNotFound, ProviderUnavailable
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from twostage._models import ModelFiles
 
 _ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -183,3 +189,58 @@ def check_texts(texts: object, what: str = "texts") -> list[str]:
         if not isinstance(t, str):
             raise TypeError(f"{what}[{i}] is {type(t).__name__}, expected str")
     return items
+
+
+class OnnxModel:
+    """What the encoder and the reranker share: a resolved model's identity, its tokenizer,
+    one onnxruntime session, and the run stage. Subclasses pick the output and the rest."""
+
+    #: Smallest max_length a subclass accepts (a pair needs room for its special tokens).
+    MIN_LENGTH = 1
+
+    def __init__(
+        self,
+        files: ModelFiles,
+        *,
+        max_length: int | None,
+        threads: int | None,
+        providers: Sequence[str] | str | None,
+    ) -> None:
+        from twostage._models import load_tokenizer  # _models imports the exporter: defer
+
+        model_max = int(files.settings["max_length"])
+        if max_length is not None and not self.MIN_LENGTH <= max_length <= model_max:
+            raise ValueError(f"max_length must be in {self.MIN_LENGTH}..{model_max} for this model")
+        self._max_length = max_length or model_max
+        self._name = files.name
+        self._precision = files.precision
+        self._fingerprint = files.fingerprint
+        self._tokenizer: Tokenizer = load_tokenizer(files.tokenizer, self._max_length)
+        self._session = make_session(files.onnx, threads=threads, providers=providers)
+        self._inputs = check_inputs(self._session, files.onnx)
+        self._output = ""  # set by the subclass once it has checked the graph's outputs
+
+    @property
+    def max_length(self) -> int:
+        """Token limit, special tokens included; longer input is truncated."""
+        return self._max_length
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of weights, tokenizer, export settings and precision: same value, same output."""
+        return self._fingerprint
+
+    @property
+    def name(self) -> str:
+        """The spec's short name (built-in name or folder name)."""
+        return self._name
+
+    @property
+    def precision(self) -> str:
+        """``"int8"`` or ``"fp32"``."""
+        return self._precision
+
+    def run(self, batch: Batch) -> np.ndarray:
+        """One onnxruntime call: the graph's raw output for ``batch``."""
+        out: np.ndarray = self._session.run([self._output], batch.feeds(self._inputs))[0]
+        return out

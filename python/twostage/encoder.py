@@ -14,14 +14,14 @@ from typing import Literal
 
 import numpy as np
 
-from twostage._models import ModelFiles, Precision, load_tokenizer, resolve
-from twostage._onnx import Batch, check_inputs, check_texts, make_session, plan_batches
+from twostage._models import ModelFiles, Precision, resolve
+from twostage._onnx import Batch, OnnxModel, check_texts, plan_batches
 from twostage.errors import InvalidModel
 
 TextKind = Literal["document", "query"]
 
 
-class Encoder:
+class Encoder(OnnxModel):
     """A bi-encoder loaded from a folder, a built-in name or a Hugging Face repo id.
 
     Use :meth:`load`. ``encode`` is the whole pipeline; ``tokenize``, ``batches``, ``run``
@@ -64,24 +64,15 @@ class Encoder:
         providers: Sequence[str] | str | None = None,
     ) -> None:
         """Internal: use :meth:`load`, which resolves a spec to ``files``."""
+        super().__init__(files, max_length=max_length, threads=threads, providers=providers)
         settings = files.settings
-        model_max = int(settings["max_length"])
-        if max_length is not None and not 1 <= max_length <= model_max:
-            raise ValueError(f"max_length must be in 1..{model_max} for this model")
-        self._max_length = max_length or model_max
         self._pooling = settings["pooling"]
         self._normalize = bool(settings["normalize"])
         self._prefix = {
             "query": str(settings.get("query_prefix", "")),
             "document": str(settings.get("document_prefix", "")),
         }
-        self._name = files.name
-        self._precision = files.precision
-        self._fingerprint = files.fingerprint
-        self._tokenizer = load_tokenizer(files.tokenizer, self._max_length)
         self._pad_id = 0  # padded positions are masked out: the id only has to be valid
-        self._session = make_session(files.onnx, threads=threads, providers=providers)
-        self._inputs = check_inputs(self._session, files.onnx)
         self._output, self._dim = self._pick_output(files.onnx)
 
     def _pick_output(self, path: os.PathLike[str]) -> tuple[str, int]:
@@ -110,26 +101,6 @@ class Encoder:
         return self._dim
 
     @property
-    def max_length(self) -> int:
-        """Token limit (special tokens included); longer texts are truncated."""
-        return self._max_length
-
-    @property
-    def fingerprint(self) -> str:
-        """Hash of weights, tokenizer, export settings and precision: same value, same vectors."""
-        return self._fingerprint
-
-    @property
-    def name(self) -> str:
-        """The spec's short name (built-in name or folder name)."""
-        return self._name
-
-    @property
-    def precision(self) -> str:
-        """``"int8"`` or ``"fp32"``."""
-        return self._precision
-
-    @property
     def normalize(self) -> bool:
         """Whether vectors are L2-normalised (cosine = dot product)."""
         return self._normalize
@@ -154,11 +125,6 @@ class Encoder:
     def batches(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32) -> list[Batch]:
         """Length-sorted batches padded to their own longest row."""
         return plan_batches(token_ids, batch_size, pad_id=self._pad_id)
-
-    def run(self, batch: Batch) -> np.ndarray:
-        """One onnxruntime call: the graph's raw output for ``batch``."""
-        out: np.ndarray = self._session.run([self._output], batch.feeds(self._inputs))[0]
-        return out
 
     def postprocess(self, raw: np.ndarray, batch: Batch) -> np.ndarray:
         """Pool token outputs where the graph did not, then L2-normalise if the model says so."""

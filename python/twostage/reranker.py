@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from twostage._models import ModelFiles, Precision, load_tokenizer, resolve
-from twostage._onnx import Batch, check_inputs, check_texts, make_session, plan_batches
+from twostage._models import ModelFiles, Precision, resolve
+from twostage._onnx import Batch, OnnxModel, check_texts, plan_batches
 from twostage.errors import InvalidModel
 
 
@@ -36,13 +36,15 @@ class Pairs:
         return len(self.ids)
 
 
-class Reranker:
+class Reranker(OnnxModel):
     """A cross-encoder (BERT family, sequence classification head).
 
     Use :meth:`load`. ``score`` and ``score_tokens`` are the whole pipeline; ``pack``,
     ``batches``, ``run`` and ``postprocess`` are its stages, so a server can batch pairs
     from several requests into one ``run``.
     """
+
+    MIN_LENGTH = 8  # room for [CLS] query [SEP] document [SEP] with a few tokens each
 
     @classmethod
     def load(
@@ -79,21 +81,12 @@ class Reranker:
         providers: Sequence[str] | str | None = None,
     ) -> None:
         """Internal: use :meth:`load`, which resolves a spec to ``files``."""
-        model_max = int(files.settings["max_length"])
-        if max_length is not None and not 8 <= max_length <= model_max:
-            raise ValueError(f"max_length must be in 8..{model_max} for this model")
-        self._max_length = max_length or model_max
-        self._name = files.name
-        self._precision = files.precision
-        self._fingerprint = files.fingerprint
-        self._tokenizer = load_tokenizer(files.tokenizer, self._max_length)
+        super().__init__(files, max_length=max_length, threads=threads, providers=providers)
         cls_id = self._tokenizer.token_to_id("[CLS]")
         sep_id = self._tokenizer.token_to_id("[SEP]")
         if cls_id is None or sep_id is None:
             raise InvalidModel(f"{files.tokenizer}: no [CLS]/[SEP] tokens (BERT family only)")
         self._cls, self._sep = cls_id, sep_id
-        self._session = make_session(files.onnx, threads=threads, providers=providers)
-        self._inputs = check_inputs(self._session, files.onnx)
         outs = self._session.get_outputs()
         out = next((o for o in outs if o.name == "logits"), outs[0])
         if len(out.shape) != 2:
@@ -105,29 +98,9 @@ class Reranker:
 
     # ---- properties ----
     @property
-    def max_length(self) -> int:
-        """Pair token limit, special tokens included."""
-        return self._max_length
-
-    @property
-    def fingerprint(self) -> str:
-        """Hash of weights, tokenizer, export settings and precision."""
-        return self._fingerprint
-
-    @property
     def version(self) -> str:
         """The model version hits report: ``name@fingerprint``."""
         return f"{self._name}@{self._fingerprint}"
-
-    @property
-    def name(self) -> str:
-        """The spec's short name (folder or built-in name)."""
-        return self._name
-
-    @property
-    def precision(self) -> str:
-        """``"int8"`` or ``"fp32"``."""
-        return self._precision
 
     def __repr__(self) -> str:
         return (
@@ -171,11 +144,6 @@ class Reranker:
     def batches(self, pairs: Pairs, batch_size: int = 32) -> list[Batch]:
         """Length-sorted batches padded to their own longest pair."""
         return plan_batches(pairs.ids, batch_size, pairs.type_ids)
-
-    def run(self, batch: Batch) -> np.ndarray:
-        """One onnxruntime call: logits ``[b, labels]``."""
-        out: np.ndarray = self._session.run([self._output], batch.feeds(self._inputs))[0]
-        return out
 
     def postprocess(self, logits: np.ndarray) -> np.ndarray:
         """One score per pair: the logit of a 1-label head, else P(last label)."""
