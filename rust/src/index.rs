@@ -564,8 +564,15 @@ impl Index {
     /// The whole batch is validated before anything changes: a bad row, a duplicate key or
     /// the reserved key `u64::MAX` leaves the index as it was.
     pub fn add(&self, keys: &[u64], vectors: &[f32]) -> Result<usize> {
+        self.validate_batch(keys, vectors)?;
+        self.add_validated(keys, vectors)
+    }
+
+    /// `add` for a batch that already passed [`Index::validate_batch`] (the binding checks a
+    /// whole batch once, then adds it in interruptible chunks).
+    pub(crate) fn add_validated(&self, keys: &[u64], vectors: &[f32]) -> Result<usize> {
         self.check_writable()?;
-        let n = self.validate_batch(keys, vectors)?;
+        let n = keys.len();
         if n == 0 {
             return Ok(0);
         }
@@ -854,44 +861,35 @@ impl Index {
     /// Loads an index saved by [`Index::save`] into memory. `threads` overrides the saved
     /// thread count (it describes the machine, not the data).
     pub fn load(path: &Path, threads: Option<usize>) -> Result<Self> {
-        let map = map_file(path)?;
-        let (header, sections) = format::decode(&map, path)?;
-        let config = header_config(&header, threads);
-        let mut shards = Vec::with_capacity(sections.len());
-        for (i, sec) in sections.iter().enumerate() {
-            let mut hnsw = new_hnsw(&config)?;
-            hnsw.load_from_buffer(sec.hnsw(&map)).map_err(|e| {
-                Error::corrupt(
-                    path,
-                    format!("shard {i}: usearch could not load it: {}", e.what()),
-                )
-            })?;
-            install_kernel(&mut hnsw, &config);
-            shards.push(Shard {
-                rescore: load_rescore(&config, sec, &map, path)?,
-                hnsw,
-            });
-        }
-        let index = Self::assemble(config, shards, None);
-        index.finish_open(&header, path)?;
-        Ok(index)
+        Self::open(path, threads, false)
     }
 
     /// Opens a saved index as a read-only memory-mapped view: pages load on demand, and any
     /// write raises. The f16 re-scoring copies (if any) are read into memory.
     pub fn view(path: &Path, threads: Option<usize>) -> Result<Self> {
+        Self::open(path, threads, true)
+    }
+
+    fn open(path: &Path, threads: Option<usize>, as_view: bool) -> Result<Self> {
         let map = map_file(path)?;
         let (header, sections) = format::decode(&map, path)?;
         let config = header_config(&header, threads);
         let mut shards = Vec::with_capacity(sections.len());
         for (i, sec) in sections.iter().enumerate() {
             let mut hnsw = new_hnsw(&config)?;
-            // SAFETY: the mapping is stored in the returned index (`mapped`) and is dropped
-            // after `shards` (field order), so the view never outlives the bytes it reads.
-            unsafe { hnsw.view_from_buffer(sec.hnsw(&map)) }.map_err(|e| {
+            let bytes = sec.hnsw(&map);
+            let opened = if as_view {
+                // SAFETY: the mapping is stored in the returned index (`mapped`) and is
+                // dropped after `shards` (field order), so the view never outlives its bytes.
+                unsafe { hnsw.view_from_buffer(bytes) }
+            } else {
+                hnsw.load_from_buffer(bytes)
+            };
+            opened.map_err(|e| {
+                let verb = if as_view { "view" } else { "load" };
                 Error::corrupt(
                     path,
-                    format!("shard {i}: usearch could not view it: {}", e.what()),
+                    format!("shard {i}: usearch could not {verb} it: {}", e.what()),
                 )
             })?;
             install_kernel(&mut hnsw, &config);
@@ -900,11 +898,12 @@ impl Index {
                 hnsw,
             });
         }
-        let mapped = Mapped {
+        // A loaded index copied what it needs; only a view keeps the mapping alive.
+        let mapped = as_view.then(|| Mapped {
             path: path.to_path_buf(),
             _map: map,
-        };
-        let index = Self::assemble(config, shards, Some(mapped));
+        });
+        let index = Self::assemble(config, shards, mapped);
         index.finish_open(&header, path)?;
         Ok(index)
     }

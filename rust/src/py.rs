@@ -267,7 +267,8 @@ impl PyIndex {
         let mut written = 0;
         for start in (0..keys.len()).step_by(CHUNK) {
             let end = (start + CHUNK).min(keys.len());
-            written += py.detach(|| inner.add(&keys[start..end], &data[start * dim..end * dim]))?;
+            written += py
+                .detach(|| inner.add_validated(&keys[start..end], &data[start * dim..end * dim]))?;
             py.check_signals()?;
         }
         Ok(written)
