@@ -240,7 +240,30 @@ class OnnxModel:
         """``"int8"`` or ``"fp32"``."""
         return self._precision
 
-    def run(self, batch: Batch) -> np.ndarray:
-        """One onnxruntime call: the graph's raw output for ``batch``."""
-        out: np.ndarray = self._session.run([self._output], batch.feeds(self._inputs))[0]
+    @property
+    def vocab_fingerprint(self) -> str:
+        """Hash of the tokenizer's vocabulary and normalisation: equal value, equal token ids.
+
+        Token ids stored at ingest are reused by a reranker whose value matches.
+        """
+        import hashlib
+        import json
+
+        full = json.loads(self._tokenizer.to_str())
+        parts = {k: full.get(k) for k in ("model", "normalizer", "pre_tokenizer", "added_tokens")}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids without special tokens or prefixes, truncated to ``max_length``."""
+        items = check_texts(texts)
+        return [e.ids for e in self._tokenizer.encode_batch(items, add_special_tokens=False)]
+
+    def run(self, batch: Batch, options: ort.RunOptions | None = None) -> np.ndarray:
+        """One onnxruntime call: the graph's raw output for ``batch``.
+
+        ``options`` lets a caller cancel a run in flight (``options.terminate = True`` from
+        another thread): the call then raises instead of finishing.
+        """
+        feeds = batch.feeds(self._inputs)
+        out: np.ndarray = self._session.run([self._output], feeds, options)[0]
         return out

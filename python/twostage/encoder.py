@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -53,7 +54,10 @@ class Encoder(OnnxModel):
         >>> enc = Encoder.load("minilm-l6", precision="fp32")  # doctest: +SKIP
         """
         files = resolve(spec, "encoder", precision)
-        return cls(files, max_length=max_length, threads=threads, providers=providers)
+        enc = cls(files, max_length=max_length, threads=threads, providers=providers)
+        path = Path(os.fspath(spec)).expanduser()
+        enc._spec = str(path.resolve()) if path.is_dir() else os.fspath(spec)
+        return enc
 
     def __init__(
         self,
@@ -74,6 +78,7 @@ class Encoder(OnnxModel):
         }
         self._pad_id = 0  # padded positions are masked out: the id only has to be valid
         self._output, self._dim = self._pick_output(files.onnx)
+        self._spec = files.name
 
     def _pick_output(self, path: os.PathLike[str]) -> tuple[str, int]:
         outs = self._session.get_outputs()
@@ -99,6 +104,11 @@ class Encoder(OnnxModel):
     def dim(self) -> int:
         """Embedding width."""
         return self._dim
+
+    @property
+    def spec(self) -> str:
+        """What :meth:`load` was given (a folder as an absolute path): loads it again."""
+        return self._spec
 
     @property
     def normalize(self) -> bool:

@@ -53,6 +53,21 @@ class VersionConflict(TwostageError, RuntimeError):
     """``Slot.compare_and_swap`` lost a race: the slot's version is not the one expected."""
 
 
+# ---- collections (store, manifest, ingest) --------------------------------------------
+
+
+class CorruptStore(TwostageError, OSError):
+    """A document store or collection manifest is unreadable, foreign or from another version."""
+
+
+class EncoderMismatch(TwostageError, ValueError):
+    """A collection was opened with an encoder other than the one that embedded its documents."""
+
+
+class IngestError(TwostageError, ValueError):
+    """A corpus line is malformed and the build was told to stop (``on_error="fail"``)."""
+
+
 # ---- models (encoder / reranker / exporter) -------------------------------------------
 
 
@@ -74,8 +89,11 @@ class ProviderUnavailable(ModelError, ValueError):
 
 __all__ = [
     "CorruptIndex",
+    "CorruptStore",
     "DimensionMismatch",
     "DuplicateKey",
+    "EncoderMismatch",
+    "IngestError",
     "InvalidArgument",
     "InvalidModel",
     "InvalidVector",

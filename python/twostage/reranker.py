@@ -111,8 +111,7 @@ class Reranker(OnnxModel):
     # ---- stages ----
     def tokenize_documents(self, documents: Sequence[str]) -> list[list[int]]:
         """Token ids of documents without special tokens: what ingest stores for later."""
-        items = check_texts(documents, "documents")
-        return [e.ids for e in self._tokenizer.encode_batch(items, add_special_tokens=False)]
+        return self.token_ids(check_texts(documents, "documents"))
 
     def tokenize_query(self, query: str) -> list[int]:
         """Token ids of the query without special tokens."""
