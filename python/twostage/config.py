@@ -1,0 +1,84 @@
+"""Settings, with defaults from ``TWOSTAGE_*`` environment variables read here and only here.
+
+>>> from twostage.config import EngineConfig
+>>> EngineConfig(depth=50, budget_ms=120).depth
+50
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+from twostage.errors import InvalidArgument
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidArgument(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidArgument(f"environment variable {name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """How :class:`~twostage.engine.Engine` searches by default, and the limits it enforces.
+
+    Each default can be set by an environment variable named after the field in upper
+    case with a ``TWOSTAGE_`` prefix, e.g. ``TWOSTAGE_BUDGET_MS=120``.
+    """
+
+    k: int = field(default_factory=lambda: _env_int("TWOSTAGE_K", 10))
+    depth: int = field(default_factory=lambda: _env_int("TWOSTAGE_DEPTH", 100))
+    budget_ms: float = field(default_factory=lambda: _env_float("TWOSTAGE_BUDGET_MS", 150.0))
+    #: Pairs per reranker call: smaller batches follow the deadline more closely.
+    rerank_batch_size: int = field(
+        default_factory=lambda: _env_int("TWOSTAGE_RERANK_BATCH_SIZE", 16)
+    )
+    #: HNSW search width (None: the index's own ef_search).
+    ef_search: int | None = None
+    query_cache_size: int = field(
+        default_factory=lambda: _env_int("TWOSTAGE_QUERY_CACHE_SIZE", 4096)
+    )
+    score_cache_size: int = field(
+        default_factory=lambda: _env_int("TWOSTAGE_SCORE_CACHE_SIZE", 100_000)
+    )
+    snippet_chars: int = 300
+    max_query_chars: int = field(default_factory=lambda: _env_int("TWOSTAGE_MAX_QUERY_CHARS", 2048))
+    max_k: int = 1000
+    max_depth: int = 1000
+    #: How long past the deadline a running reranker batch may go before it is cancelled.
+    cancel_grace_ms: float = 50.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidArgument(f"EngineConfig.{f.name} must be a number, not {value!r}")
+            if value < 0:
+                raise InvalidArgument(f"EngineConfig.{f.name} must be >= 0, not {value}")
+        for name in ("k", "rerank_batch_size", "max_query_chars", "max_k"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"EngineConfig.{name} must be >= 1")
+        if self.ef_search is not None and self.ef_search < 1:
+            raise InvalidArgument("EngineConfig.ef_search must be >= 1")
+        if self.k > self.max_k or self.depth > self.max_depth:
+            raise InvalidArgument("EngineConfig: k and depth must be within max_k and max_depth")
+
+
+__all__ = ["EngineConfig"]

@@ -1,0 +1,507 @@
+"""The two-stage search: encode, HNSW candidates, fetch, rerank within a deadline, merge.
+
+>>> from twostage import Collection, Engine, Reranker
+>>> reranker = Reranker.load("twostage-rerank")  # doctest: +SKIP
+>>> engine = Engine(Collection.open("docs/"), reranker=reranker)  # doctest: +SKIP
+>>> resp = engine.search("how do I read a gzip file", k=5)  # doctest: +SKIP
+>>> [(h.id, h.reranked) for h in resp.hits]  # doctest: +SKIP
+
+The reranker sits in the core's :class:`~twostage.Slot`: :meth:`Engine.swap_reranker` replaces
+it atomically, and each search reads the slot once, so every score in one answer comes from
+one model version. The deadline: candidates are scored in first-stage order, batch by batch;
+before each batch the engine predicts its cost from measured throughput and stops when it
+would overrun ``budget_ms``. Whatever was not scored keeps its first-stage order after the
+scored ones, and the answer says ``degraded``. A reranker that raises, hangs past the
+deadline (its run is cancelled) or returns non-finite scores gives the same fallback: never
+an error, never an empty answer.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import onnxruntime as ort
+
+from twostage._core import Slot, rerank_order
+from twostage._onnx import pad
+from twostage.collection import Collection
+from twostage.config import EngineConfig
+from twostage.encoder import Encoder
+from twostage.errors import EncoderMismatch, InvalidArgument
+from twostage.reranker import Reranker
+from twostage.store import StoredDoc
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LRUCache(Generic[K, V]):
+    """A bounded, thread-safe LRU map with hit and miss counters."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: K) -> V | None:
+        """The value, refreshed as most recent, or ``None`` (counted as a miss)."""
+        with self._lock:
+            value = self._data.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        """Insert, evicting the least recently used entries past the size."""
+        if self._size <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._size:
+                self._data.popitem(last=False)
+
+    def stats(self) -> dict[str, int]:
+        """``size``, ``capacity``, ``hits``, ``misses``."""
+        with self._lock:
+            return {
+                "size": len(self._data),
+                "capacity": self._size,
+                "hits": self.hits,
+                "misses": self.misses,
+            }
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result.
+
+    ``score`` is the reranker's score when ``reranked``, else the first-stage similarity
+    (``1 - distance`` for cos/ip, ``-distance`` for l2); the two scales differ, so compare
+    scores only among hits with the same ``reranked``.
+    """
+
+    id: str
+    score: float
+    first_stage_score: float
+    first_stage_rank: int  # 0-based rank among the first-stage candidates
+    reranked: bool
+    reranker_version: str | None  # the model that scored it (None when not reranked)
+    title: str
+    snippet: str
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds per stage; ``total`` is the wall time of the whole search."""
+
+    encode: float = 0.0
+    ann: float = 0.0
+    fetch: float = 0.0
+    rerank: float = 0.0
+    total: float = 0.0
+
+
+@dataclass(frozen=True)
+class SearchResponse:
+    """Hits, per-stage timings, and how the answer was made."""
+
+    query: str
+    hits: list[Hit]
+    timings: Timings
+    degraded: bool  # the reranker did not score every candidate it was asked to
+    degraded_reason: str | None
+    reranker_version: str | None  # the one version that scored this answer (None: not reranked)
+    candidates: int  # first-stage candidates considered for reranking
+    scored: int  # candidates with a reranker score (cached ones included)
+    cached_scores: int  # of those, from the score cache
+    query_cached: bool  # the query vector came from the cache
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (for ``--json`` and the HTTP layer)."""
+        return asdict(self)
+
+
+class _Cancel:
+    """Cancels an onnxruntime run when the deadline passes (a hung or slow model)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.options = ort.RunOptions()
+        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self._timer.daemon = True
+        self.fired = False
+
+    def _fire(self) -> None:
+        self.fired = True
+        self.options.terminate = True
+
+    def __enter__(self) -> _Cancel:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+class Engine:
+    """Two-stage search over a :class:`~twostage.collection.Collection`. Thread-safe.
+
+    Args:
+        collection: the documents and index (its encoder embeds the queries).
+        encoder: optional; if given it must be the collection's encoder (same fingerprint).
+        reranker: a :class:`~twostage.reranker.Reranker`, or ``None`` for first stage only
+            (until :meth:`swap_reranker`).
+        config: defaults for ``k``, ``depth``, ``budget_ms``, batch size, cache sizes, limits.
+
+    >>> resp = engine.search("query", k=10, depth=50, budget_ms=120)  # doctest: +SKIP
+    >>> resp.timings.total, resp.degraded  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        collection: Collection,
+        encoder: Encoder | None = None,
+        reranker: Reranker | None = None,
+        config: EngineConfig | None = None,
+    ) -> None:
+        if encoder is not None and encoder.fingerprint != collection.encoder.fingerprint:
+            raise EncoderMismatch(
+                f"encoder {encoder.name} (fingerprint {encoder.fingerprint}) is not the one "
+                f"that embedded {collection.path} ({collection.encoder.fingerprint})"
+            )
+        self._col = collection
+        self._encoder = collection.encoder
+        self.config = config or EngineConfig()
+        self._metric = collection.manifest["metric"]
+        self._query_cache: LRUCache[str, np.ndarray] = LRUCache(self.config.query_cache_size)
+        self._score_cache: LRUCache[tuple[str, str, int, int], float] = LRUCache(
+            self.config.score_cache_size
+        )
+        # Measured reranker cost per padded token, by model version: predicts batch time.
+        self._cost: dict[str, float] = {}
+        self._cost_lock = threading.Lock()
+        if reranker is not None:
+            self._warm(reranker)
+        self._slot = Slot(reranker)
+
+    # ---- the reranker slot ----
+    @property
+    def reranker(self) -> Reranker | None:
+        """The reranker searches use now."""
+        obj: Reranker | None = self._slot.get()[1]
+        return obj
+
+    @property
+    def reranker_generation(self) -> int:
+        """Increments on every swap."""
+        return self._slot.version
+
+    def swap_reranker(self, reranker: Reranker | None) -> int:
+        """Install ``reranker`` atomically; returns the new slot generation.
+
+        The new model is warmed (one batch, which also measures its speed for the deadline)
+        before it is installed, so the first search after the swap does not pay for it.
+        Searches already running finish with the model they started with.
+        """
+        if reranker is not None:
+            if not isinstance(reranker, Reranker):
+                raise InvalidArgument(f"expected a Reranker, got {type(reranker).__name__}")
+            self._warm(reranker)
+        generation: int = self._slot.swap(reranker)
+        return generation
+
+    def _warm(self, rr: Reranker) -> None:
+        """Score a small real batch twice: loads kernels, and measures cost per token."""
+        q = rr.tokenize_query("how are the candidates ordered")
+        doc = rr.token_ids(["a cross-encoder reads the query and the passage together " * 6])[0]
+        pairs = rr.pack(q, [doc] * 8)
+        batch = pad(list(range(len(pairs))), pairs.ids, pairs.type_ids)
+        rr.run(batch)
+        t0 = time.perf_counter()
+        raw = rr.run(batch)
+        per_token = (time.perf_counter() - t0) / batch.tokens
+        if not np.isfinite(rr.postprocess(raw)).all():
+            raise InvalidArgument(
+                f"reranker {rr.version} gives non-finite scores on a warm-up batch"
+            )
+        with self._cost_lock:
+            self._cost[rr.version] = per_token
+
+    # ---- search ----
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        depth: int | None = None,
+        budget_ms: float | None = None,
+        rerank: bool = True,
+        filter: dict[str, Any] | None = None,
+    ) -> SearchResponse:
+        """Top-``k`` hits for ``query``: ``depth`` first-stage candidates, reranked in budget.
+
+        Args:
+            query: the question (non-empty, at most ``config.max_query_chars`` characters).
+            k: hits to return (default ``config.k``).
+            depth: first-stage candidates the reranker may score (default ``config.depth``);
+                0 returns the first stage alone.
+            budget_ms: the whole search's deadline (default ``config.budget_ms``); 0 leaves
+                no time to rerank, so the answer is the first stage, ``degraded``.
+            rerank: ``False`` returns the first stage alone.
+            filter: metadata equality, e.g. ``{"lang": "en"}``; a list value matches any of
+                its items. The first stage fetches more candidates until enough match.
+        """
+        t0 = time.perf_counter()
+        cfg = self.config
+        k = cfg.k if k is None else k
+        depth = cfg.depth if depth is None else depth
+        budget = cfg.budget_ms if budget_ms is None else budget_ms
+        _check_query(query, cfg.max_query_chars)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= cfg.max_k:
+            raise InvalidArgument(f"k must be an integer in 1..{cfg.max_k}, not {k!r}")
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= cfg.max_depth:
+            raise InvalidArgument(f"depth must be an integer in 0..{cfg.max_depth}, not {depth!r}")
+        if not isinstance(budget, (int, float)) or math.isnan(budget) or budget < 0:
+            raise InvalidArgument(f"budget_ms must be a number >= 0, not {budget!r}")
+        if filter is not None and not isinstance(filter, dict):
+            raise InvalidArgument(f"filter must be a dict of metadata values, not {filter!r}")
+        deadline = t0 + budget / 1000.0
+
+        vec = self._query_cache.get(query)
+        query_cached = vec is not None
+        if vec is None:
+            vec = self._encoder.encode([query], kind="query")[0]
+            self._query_cache.put(query, vec)
+        t_enc = time.perf_counter()
+
+        rr = self._slot.get()[1]  # one model for the whole answer
+        want_rerank = rerank and depth > 0 and rr is not None
+        n = max(k, depth) if want_rerank else k
+        dists, t_ann, docs = self._first_stage(vec, n, filter)
+        t_fetch = time.perf_counter()
+
+        first = [_similarity(self._metric, d) for d in dists]
+        notes: list[str] = []
+        scored: dict[int, float] = {}
+        cached = 0
+        degraded_reason: str | None = None
+        rr_version: str | None = None
+        cand = min(depth, len(docs)) if want_rerank else 0
+        if want_rerank:
+            assert rr is not None
+            rr_version = rr.version
+            scored, cached, degraded_reason = self._rerank(rr, query, docs[:cand], deadline)
+        elif rerank and depth > 0 and rr is None:
+            notes.append("no reranker installed: first-stage order")
+        t_rr = time.perf_counter()
+
+        order = (
+            rerank_order(np.arange(len(docs), dtype=np.uint64), scored)
+            if scored
+            else np.arange(len(docs))
+        )
+        hits = []
+        for pos in order[:k]:
+            pos = int(pos)
+            d = docs[pos]
+            s = scored.get(pos)
+            hits.append(
+                Hit(
+                    id=d.id,
+                    score=float(s) if s is not None else first[pos],
+                    first_stage_score=first[pos],
+                    first_stage_rank=pos,
+                    reranked=s is not None,
+                    reranker_version=rr_version if s is not None else None,
+                    title=d.title,
+                    snippet=_snippet(d.text, cfg.snippet_chars),
+                    metadata=d.metadata,
+                )
+            )
+        t_end = time.perf_counter()
+        ms = 1000.0
+        return SearchResponse(
+            query=query,
+            hits=hits,
+            timings=Timings(
+                encode=(t_enc - t0) * ms,
+                ann=(t_ann - t_enc) * ms,
+                fetch=(t_fetch - t_ann) * ms,
+                rerank=(t_rr - t_fetch) * ms,
+                total=(t_end - t0) * ms,
+            ),
+            degraded=degraded_reason is not None,
+            degraded_reason=degraded_reason,
+            reranker_version=rr_version if scored else None,
+            candidates=cand,
+            scored=len(scored),
+            cached_scores=cached,
+            query_cached=query_cached,
+            notes=notes,
+        )
+
+    def _first_stage(
+        self, vec: np.ndarray, n: int, filter: dict[str, Any] | None
+    ) -> tuple[np.ndarray, float, list[StoredDoc]]:
+        """ANN top-n, then the documents; with a filter, widen the search until n match."""
+        index = self._col.index
+        total = len(index)
+        ask = n if filter is None else min(max(4 * n, 64), max(total, 1))
+        while True:
+            res = index.search(vec, k=max(min(ask, max(total, 1)), 1), ef=self.config.ef_search)
+            count = int(res.counts[0]) if res.counts.ndim else int(res.counts)
+            keys, dists = res.keys[:count], res.distances[:count]
+            t_ann = time.perf_counter()
+            got = self._col.fetch(keys)
+            docs: list[StoredDoc] = []
+            kept: list[float] = []
+            for dist, d in zip(dists.tolist(), got, strict=True):
+                # None: deleted between the search and the fetch.
+                if d is not None and (filter is None or _matches(d.metadata, filter)):
+                    docs.append(d)
+                    kept.append(dist)
+            if filter is None or len(docs) >= n or ask >= total:
+                return np.asarray(kept[:n], dtype=np.float32), t_ann, docs[:n]
+            ask = min(ask * 4, total)
+
+    def _rerank(
+        self,
+        rr: Reranker,
+        query: str,
+        docs: Sequence[StoredDoc],
+        deadline: float,
+    ) -> tuple[dict[int, float], int, str | None]:
+        """Scores by candidate position; stops before a batch that would miss the deadline."""
+        scored: dict[int, float] = {}
+        if time.perf_counter() >= deadline:
+            # Even cached scores are not used: a spent budget means "first stage now".
+            return scored, 0, f"budget: spent before reranking; {len(docs)} candidates not scored"
+        todo: list[int] = []
+        version = rr.version
+        for pos, d in enumerate(docs):
+            s = self._score_cache.get((version, query, d.key, d.seq))
+            if s is None:
+                todo.append(pos)
+            else:
+                scored[pos] = s
+        cached = len(scored)
+        if not todo:
+            return scored, cached, None
+        try:
+            q_ids = rr.tokenize_query(query)
+            reuse = rr.vocab_fingerprint == self._col.vocab_fingerprint
+            doc_ids: list[Sequence[int]] = []
+            need_text = [p for p in todo if not reuse or docs[p].tokens is None]
+            fresh = dict(
+                zip(
+                    need_text,
+                    rr.token_ids([docs[p].document().content for p in need_text]),
+                    strict=True,
+                )
+            )
+            for p in todo:
+                tok = fresh.get(p)
+                doc_ids.append(tok if tok is not None else docs[p].tokens or [])
+            pairs = rr.pack(q_ids, doc_ids)
+        except Exception as e:  # a broken tokenizer must not fail the search
+            return scored, cached, f"reranker failed: {type(e).__name__}: {e}"
+        bs = self.config.rerank_batch_size
+        with self._cost_lock:
+            per_token = self._cost.get(version, 0.0)
+        for start in range(0, len(todo), bs):
+            rows = list(range(start, min(start + bs, len(todo))))
+            batch = pad(rows, [pairs.ids[i] for i in rows], [pairs.type_ids[i] for i in rows])
+            now = time.perf_counter()
+            if now + per_token * batch.tokens > deadline:
+                left = len(todo) - start
+                return scored, cached, f"budget: {left} of {len(docs)} candidates not scored"
+            t = time.perf_counter()
+            # Past the deadline plus a grace period the run is cancelled.
+            cancel = _Cancel(deadline - now + self.config.cancel_grace_ms / 1000.0)
+            try:
+                with cancel:
+                    raw = rr.run(batch, cancel.options)
+                scores = rr.postprocess(raw)
+            except Exception as e:
+                if cancel.fired:
+                    return scored, cached, "timeout: reranker run cancelled at the deadline"
+                return scored, cached, f"reranker failed: {type(e).__name__}: {e}"
+            took = time.perf_counter() - t
+            with self._cost_lock:  # moving average, so one slow batch does not stall many
+                prev = self._cost.get(version, took / batch.tokens)
+                self._cost[version] = 0.7 * prev + 0.3 * took / batch.tokens
+                per_token = self._cost[version]
+            if not np.isfinite(scores).all():
+                return scored, cached, "reranker returned non-finite scores"
+            for i, s in zip(rows, scores.tolist(), strict=True):
+                pos = todo[i]
+                scored[pos] = s
+                d = docs[pos]
+                self._score_cache.put((version, query, d.key, d.seq), s)
+        return scored, cached, None
+
+    # ---- introspection ----
+    @property
+    def collection(self) -> Collection:
+        """The collection searched."""
+        return self._col
+
+    def cache_stats(self) -> dict[str, dict[str, int]]:
+        """Hit and miss counters of the query-vector and score caches."""
+        return {"query": self._query_cache.stats(), "scores": self._score_cache.stats()}
+
+
+def _check_query(query: object, limit: int) -> None:
+    if not isinstance(query, str):
+        raise InvalidArgument(f"query must be a string, not {type(query).__name__}")
+    if not query.strip():
+        raise InvalidArgument("query is empty")
+    if len(query) > limit:
+        raise InvalidArgument(f"query is {len(query)} characters; the limit is {limit}")
+
+
+def _similarity(metric: str, distance: float) -> float:
+    return float(-distance if metric == "l2" else 1.0 - distance)
+
+
+def _matches(metadata: dict[str, Any] | None, filter: dict[str, Any]) -> bool:
+    if not filter:
+        return True
+    if metadata is None:
+        return False
+    for key, want in filter.items():
+        if key not in metadata:
+            return False
+        have = metadata[key]
+        if isinstance(want, list):
+            if have not in want:
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+def _snippet(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit)
+    return text[: cut if cut > limit // 2 else limit] + " …"
+
+
+__all__ = ["Engine", "Hit", "LRUCache", "SearchResponse", "Timings"]

