@@ -1,0 +1,7 @@
+"""``python -m twostage``: the same as the ``twostage`` command."""
+
+import sys
+
+from twostage.cli import main
+
+sys.exit(main())

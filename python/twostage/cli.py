@@ -1,0 +1,450 @@
+"""The ``twostage`` command: thin calls into the library. ``twostage --help`` lists commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from twostage.errors import TwostageError
+
+EPILOG_ROOT = """examples:
+  twostage index build --corpus corpus.jsonl.gz --out docs/
+  twostage search docs/ "does vitamin D prevent fractures"
+  twostage index info docs/
+  twostage models list
+"""
+
+
+def _fmt(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="twostage",
+        description="Two-stage semantic search: HNSW candidates, cross-encoder rerank.",
+        epilog=EPILOG_ROOT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    root.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = root.add_subparsers(dest="command", metavar="COMMAND")
+
+    # ---- index ----
+    index = sub.add_parser(
+        "index",
+        help="build, update and inspect collections",
+        description="Build, update and inspect collections.",
+        epilog="example:\n  twostage index build --corpus corpus.jsonl.gz --out docs/",
+    )
+    _fmt(index)
+    isub = index.add_subparsers(dest="index_command", metavar="SUBCOMMAND", required=True)
+
+    b = isub.add_parser(
+        "build",
+        help="embed a corpus file into a new collection (resumable)",
+        description=(
+            "Embed a corpus file into a new collection folder: streamed, in length-sorted "
+            "batches, committed chunk by chunk. Interrupted (Ctrl-C, kill), run the same "
+            "command again: it resumes and ends with the same collection."
+        ),
+        epilog=(
+            "examples:\n"
+            "  twostage index build --corpus scifact/corpus.jsonl.gz --out scifact-idx/\n"
+            "  twostage index build --corpus notes.txt --out notes/\n"
+            "  twostage index build --corpus faq.csv --id-field qid --text-field answer "
+            "--out faq/ --on-error fail"
+        ),
+    )
+    _fmt(b)
+    b.add_argument("--corpus", required=True, help="BEIR JSONL(.gz), text (a doc per line), CSV")
+    b.add_argument("--out", required=True, help="the collection folder to create or resume")
+    b.add_argument("--encoder", default="minilm-l6", help="built-in name or model folder")
+    b.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    b.add_argument("--format", default="auto", choices=["auto", "jsonl", "text", "csv"])
+    b.add_argument("--id-field", default="_id")
+    b.add_argument("--text-field", default="text")
+    b.add_argument("--title-field", default="title")
+    b.add_argument("--delimiter", default=",", help="CSV delimiter (a .tsv file uses tab)")
+    b.add_argument(
+        "--on-error",
+        default="skip",
+        choices=["skip", "fail"],
+        help="a malformed line: report and skip it, or stop the build",
+    )
+    b.add_argument("--dtype", default="f16", choices=["f32", "f16", "i8"], help="index storage")
+    b.add_argument("--shards", type=int, default=1)
+    b.add_argument("--chunk-size", type=int, default=1024, help="lines per commit")
+    b.add_argument("--batch-size", type=int, default=32, help="texts per encoder call")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    a = isub.add_parser(
+        "add",
+        help="upsert documents from a corpus file (or - for JSONL on stdin)",
+        description="Upsert documents into an existing collection: an id that exists is replaced.",
+        epilog=(
+            "examples:\n  twostage index add docs/ more.jsonl\n"
+            '  echo \'{"_id": "n1", "text": "new note"}\' | twostage index add docs/ -'
+        ),
+    )
+    _fmt(a)
+    a.add_argument("dir", help="collection folder")
+    a.add_argument("corpus", help="corpus file (same formats as build), or - for stdin JSONL")
+    a.add_argument("--format", default="auto", choices=["auto", "jsonl", "text", "csv"])
+    a.add_argument("--on-error", default="skip", choices=["skip", "fail"])
+
+    d = isub.add_parser(
+        "delete",
+        help="delete documents by id",
+        description="Delete documents by id. An unknown id fails the whole call unless "
+        "--missing-ok (then unknown ids are ignored).",
+        epilog="example:\n  twostage index delete docs/ 4983 5836",
+    )
+    _fmt(d)
+    d.add_argument("dir")
+    d.add_argument("ids", nargs="+")
+    d.add_argument("--missing-ok", action="store_true")
+
+    i = isub.add_parser(
+        "info",
+        help="show a collection's manifest and counts",
+        description="Show a collection's manifest, counts and index state.",
+        epilog="example:\n  twostage index info docs/ --json",
+    )
+    _fmt(i)
+    i.add_argument("dir")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+
+    # ---- search ----
+    s = sub.add_parser(
+        "search",
+        help="ask a collection a question",
+        description="Two-stage search: first-stage candidates, reranked within the budget.",
+        epilog=(
+            "examples:\n"
+            '  twostage search docs/ "how is HNSW built"\n'
+            '  twostage search docs/ "gzip a file" -k 5 --depth 50 --budget-ms 100 --json\n'
+            '  twostage search docs/ "tls" --filter module=ssl --no-rerank'
+        ),
+    )
+    _fmt(s)
+    s.add_argument("dir")
+    s.add_argument("query")
+    s.add_argument("-k", type=int, default=10, help="hits to return")
+    s.add_argument("--depth", type=int, default=100, help="candidates to rerank (0: none)")
+    s.add_argument("--budget-ms", type=float, default=150.0)
+    s.add_argument("--no-rerank", action="store_true")
+    s.add_argument(
+        "--reranker",
+        default=None,
+        help="built-in name or model folder (default: the shipped reranker; 'none' for none)",
+    )
+    s.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="metadata equality (repeatable; KEY=a,b matches either)",
+    )
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    # ---- models ----
+    m = sub.add_parser(
+        "models",
+        help="list and build the models",
+        description="List built-in and cached models; build (export + quantise) one ahead.",
+        epilog="examples:\n  twostage models list\n  twostage models build minilm-l6",
+    )
+    _fmt(m)
+    msub = m.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+    ml = msub.add_parser("list", help="built-in models and the local cache")
+    ml.epilog = "example:\n  twostage models list --json"
+    _fmt(ml)
+    ml.add_argument("--json", action="store_true")
+    mb = msub.add_parser("build", help="export and quantise a model into the cache")
+    mb.epilog = "example:\n  twostage models build minilm-l6 --precision fp32"
+    _fmt(mb)
+    mb.add_argument("spec", help="built-in name or model folder")
+    mb.add_argument("--kind", choices=["encoder", "reranker"], default=None)
+    mb.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    return root
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def _index_build(args: argparse.Namespace) -> int:
+    from twostage.encoder import Encoder
+    from twostage.ingest import build
+
+    out = Path(args.out)
+    encoder = None
+    if not (out / "manifest.json").exists():
+        encoder = Encoder.load(args.encoder, precision=args.precision)
+    try:
+        report = build(
+            args.corpus,
+            out,
+            encoder=encoder,
+            format=args.format,
+            id_field=args.id_field,
+            text_field=args.text_field,
+            title_field=args.title_field,
+            delimiter=args.delimiter,
+            on_error=args.on_error,
+            chunk_size=args.chunk_size,
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            shards=args.shards,
+            progress=False if args.no_progress else None,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: what was committed is kept; run the same command to resume into {out}",
+            file=sys.stderr,
+        )
+        return 130
+    print(report)
+    return 0
+
+
+def _index_add(args: argparse.Namespace) -> int:
+    from twostage.collection import Collection
+    from twostage.sources import read_corpus
+
+    col = Collection.open(args.dir)
+    inserted = updated = errors = 0
+    batch: list[Any] = []
+    t0 = time.perf_counter()
+    try:
+        source = args.corpus
+        if source == "-":  # one parser for every input: spool stdin to a file
+            import tempfile
+
+            spool = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False)
+            with spool:
+                spool.write(sys.stdin.read())
+            source = spool.name
+        for rec in read_corpus(source, format=args.format):
+            if rec.doc is None:
+                if args.on_error == "fail":
+                    print(f"line {rec.line}: {rec.error}; nothing after it added", file=sys.stderr)
+                    return 1
+                print(f"line {rec.line}: {rec.error} (skipped)", file=sys.stderr)
+                errors += 1
+                continue
+            batch.append(rec.doc)
+            if len(batch) >= 512:
+                r = col.add(batch)
+                inserted, updated, batch = inserted + r.inserted, updated + r.updated, []
+        if batch:
+            r = col.add(batch)
+            inserted, updated = inserted + r.inserted, updated + r.updated
+    finally:
+        col.close()
+        if args.corpus == "-":
+            Path(source).unlink(missing_ok=True)
+    took = time.perf_counter() - t0
+    print(
+        f"{args.dir}: {inserted} added, {updated} replaced, {errors} malformed lines skipped "
+        f"in {took:.1f} s; {len(col)} documents"
+    )
+    return 0
+
+
+def _index_delete(args: argparse.Namespace) -> int:
+    from twostage.collection import Collection
+
+    with Collection.open(args.dir) as col:
+        n = col.delete(args.ids, missing_ok=args.missing_ok)
+        print(f"{args.dir}: deleted {n}; {len(col)} documents")
+    return 0
+
+
+def _index_info(args: argparse.Namespace) -> int:
+    from twostage.collection import Collection
+
+    with Collection.open(args.dir) as col:
+        info = col.info()
+        if col.recovery:
+            info["recovery"] = col.recovery
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    enc = info["encoder"]
+    rows = [
+        ("path", info["path"]),
+        ("documents", f"{info['documents']:,} (indexed {info['indexed']:,})"),
+        ("encoder", f"{enc['name']} {enc['precision']} (fingerprint {enc['fingerprint']})"),
+        ("index", f"{info['metric']} {info['dtype']} dim={info['dim']} shards={info['shards']}"),
+        ("hnsw", f"M={info['connectivity']} efC={info['ef_construction']} ef={info['ef_search']}"),
+        (
+            "memory",
+            f"{info['index_memory_bytes'] / 2**20:,.1f} MiB ({info['hardware_acceleration']})",
+        ),
+        ("changes", f"seq {info['seq']} (index snapshot at {info['index']['seq']})"),
+        ("updated", info["updated"]),
+    ]
+    if "recovery" in info:
+        rows.append(("recovery", info["recovery"]))
+    for key, value in rows:
+        print(f"{key:>10}  {value}")
+    return 0
+
+
+def default_reranker() -> str | None:
+    """The shipped reranker's built-in name, if this install has one."""
+    from twostage._models import BUILTINS
+
+    for name, b in BUILTINS.items():
+        if b.kind == "reranker":
+            try:
+                if b.source().exists():
+                    return name
+            except Exception:  # a missing optional package: no such default here
+                continue
+    return None
+
+
+def _parse_filter(items: Sequence[str]) -> dict[str, Any] | None:
+    from twostage.errors import InvalidArgument
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"--filter takes KEY=VALUE, not {item!r}")
+        values = value.split(",")
+        out[key] = values if len(values) > 1 else value
+    return out or None
+
+
+def _search(args: argparse.Namespace) -> int:
+    from twostage.collection import Collection
+    from twostage.engine import Engine
+    from twostage.reranker import Reranker
+
+    t0 = time.perf_counter()
+    col = Collection.open(args.dir)
+    spec = args.reranker if args.reranker is not None else default_reranker()
+    reranker = None
+    if spec and spec != "none" and not args.no_rerank and args.depth > 0:
+        reranker = Reranker.load(spec)
+    engine = Engine(col, reranker=reranker)
+    load_s = time.perf_counter() - t0
+    try:
+        resp = engine.search(
+            args.query,
+            k=args.k,
+            depth=args.depth,
+            budget_ms=args.budget_ms,
+            rerank=not args.no_rerank,
+            filter=_parse_filter(args.filter),
+        )
+    finally:
+        col.close()
+    if args.json:
+        print(json.dumps(resp.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    print(f"query: {resp.query}")
+    t = resp.timings
+    how = (
+        f"reranked by {resp.reranker_version} ({resp.scored} of {resp.candidates} candidates)"
+        if resp.reranker_version
+        else "first stage only" + (f" ({'; '.join(resp.notes)})" if resp.notes else "")
+    )
+    print(how + (f"  DEGRADED: {resp.degraded_reason}" if resp.degraded else ""))
+    print(f"{'#':>3}  {'score':>7}  {'1st':>4}  {'id':<18} title / snippet")
+    for n, h in enumerate(resp.hits, start=1):
+        mark = "*" if h.reranked else " "
+        title = h.title or h.snippet[:60]
+        print(
+            f"{n:>3}  {h.score:>7.3f}{mark} {h.first_stage_rank + 1:>4}  "
+            f"{h.id[:18]:<18} {title[:70]}"
+        )
+    print(
+        f"timings (ms): encode {t.encode:.1f}  ann {t.ann:.1f}  fetch {t.fetch:.1f}  "
+        f"rerank {t.rerank:.1f}  total {t.total:.1f}   (models loaded in {load_s:.1f} s)"
+    )
+    print("* = reranker score; 1st = first-stage rank")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from twostage._models import BUILTINS, cache_home
+
+    rows = []
+    for name, b in sorted(BUILTINS.items()):
+        try:
+            where = str(b.source())
+        except Exception as e:  # the package that carries it is not installed
+            where = f"unavailable: {e}"
+        rows.append({"name": name, "kind": b.kind, "source": where})
+    cached = sorted(p.name for p in (cache_home() / "models").glob("*") if p.is_dir())
+    if args.json:
+        print(json.dumps({"builtin": rows, "cache": str(cache_home()), "cached": cached}, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['name']:<18} {r['kind']:<9} {r['source']}")
+    print(f"cache: {cache_home()} ({len(cached)} built: {', '.join(cached) or 'none'})")
+    return 0
+
+
+def _models_build(args: argparse.Namespace) -> int:
+    from twostage._models import BUILTINS
+
+    kind = args.kind or (BUILTINS[args.spec].kind if args.spec in BUILTINS else "encoder")
+    t0 = time.perf_counter()
+    model: Any
+    if kind == "encoder":
+        from twostage.encoder import Encoder
+
+        model = Encoder.load(args.spec, precision=args.precision)
+    else:
+        from twostage.reranker import Reranker
+
+        model = Reranker.load(args.spec, precision=args.precision)
+    print(f"{model!r} ready in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``twostage`` command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from twostage import __version__
+
+        print(f"twostage {__version__}")
+        return 0
+    handlers = {
+        ("index", "build"): _index_build,
+        ("index", "add"): _index_add,
+        ("index", "delete"): _index_delete,
+        ("index", "info"): _index_info,
+        ("models", "list"): _models_list,
+        ("models", "build"): _models_build,
+    }
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "search":
+        handler = _search
+    else:
+        sub = str(getattr(args, f"{args.command}_command", ""))
+        handler = handlers[(args.command, sub)]
+    try:
+        return handler(args)
+    except (TwostageError, FileNotFoundError, FileExistsError) as e:
+        print(f"twostage: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `twostage search ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
