@@ -275,7 +275,12 @@ class Collection:
         committed in the same transaction (ingest progress).
         """
         docs = _check_docs(docs)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        # The index takes the vectors as the store keeps them, so that an index rebuilt or
+        # caught up from the store holds exactly what the live one holds.
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self._store.embedding_dtype == "f16" and np.isfinite(vectors).all():
+            vectors = vectors.astype(np.float16).astype(np.float32)
+        vectors = np.ascontiguousarray(vectors)
         if self._manifest["metric"] == "cos" and len(vectors):
             norms = np.linalg.norm(vectors, axis=1)
             if (norms == 0).any():

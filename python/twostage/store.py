@@ -248,7 +248,14 @@ class DocStore:
         for d in docs:
             if not isinstance(d, Document):
                 raise InvalidArgument(f"expected Document, got {type(d).__name__}")
-        blobs = emb.astype(self._emb_np).tobytes()
+        stored = emb.astype(self._emb_np)
+        if not np.isfinite(stored).all():
+            bad = int(np.flatnonzero(~np.isfinite(stored).all(axis=1))[0])
+            raise InvalidArgument(
+                f"embedding of document {docs[bad].id!r} overflows {self.embedding_dtype} "
+                "(values beyond ±65504): create the collection with embedding_dtype='f32'"
+            )
+        blobs = stored.tobytes()
         row_bytes = self.dim * self._emb_np.itemsize
         keys = np.empty(len(docs), dtype=np.uint64)
         inserted = updated = 0
