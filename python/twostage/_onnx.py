@@ -8,6 +8,7 @@ query against 2.2 ms alone. Spinning is therefore off, and thread counts are exp
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -240,7 +241,7 @@ class OnnxModel:
         """``"int8"`` or ``"fp32"``."""
         return self._precision
 
-    @property
+    @functools.cached_property
     def vocab_fingerprint(self) -> str:
         """Hash of the tokenizer's vocabulary and normalisation: equal value, equal token ids.
 

@@ -62,6 +62,9 @@ class EngineConfig:
     max_depth: int = 1000
     #: How long past the deadline a running reranker batch may go before it is cancelled.
     cancel_grace_ms: float = 50.0
+    #: A fixed reranker cost per padded token (ms) for the deadline, instead of the one
+    #: measured at warm-up and updated after each batch: for predictable cut-offs.
+    rerank_ms_per_token: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -422,8 +422,9 @@ class Engine:
         except Exception as e:  # a broken tokenizer must not fail the search
             return scored, cached, f"reranker failed: {type(e).__name__}: {e}"
         bs = self.config.rerank_batch_size
+        fixed = self.config.rerank_ms_per_token
         with self._cost_lock:
-            per_token = self._cost.get(version, 0.0)
+            per_token = self._cost.get(version, 0.0) if fixed is None else fixed / 1000.0
         for start in range(0, len(todo), bs):
             rows = list(range(start, min(start + bs, len(todo))))
             batch = pad(rows, [pairs.ids[i] for i in rows], [pairs.type_ids[i] for i in rows])
@@ -443,10 +444,11 @@ class Engine:
                     return scored, cached, "timeout: reranker run cancelled at the deadline"
                 return scored, cached, f"reranker failed: {type(e).__name__}: {e}"
             took = time.perf_counter() - t
-            with self._cost_lock:  # moving average, so one slow batch does not stall many
-                prev = self._cost.get(version, took / batch.tokens)
-                self._cost[version] = 0.7 * prev + 0.3 * took / batch.tokens
-                per_token = self._cost[version]
+            if fixed is None:
+                with self._cost_lock:  # moving average: one slow batch does not stall many
+                    prev = self._cost.get(version, took / batch.tokens)
+                    self._cost[version] = 0.7 * prev + 0.3 * took / batch.tokens
+                    per_token = self._cost[version]
             if not np.isfinite(scores).all():
                 return scored, cached, "reranker returned non-finite scores"
             for i, s in zip(rows, scores.tolist(), strict=True):
