@@ -244,6 +244,7 @@ def _index_add(args: argparse.Namespace) -> int:
         if batch:
             r = col.add(batch)
             inserted, updated = inserted + r.inserted, updated + r.updated
+        total = len(col)
     finally:
         col.close()
         if args.corpus == "-":
@@ -251,7 +252,7 @@ def _index_add(args: argparse.Namespace) -> int:
     took = time.perf_counter() - t0
     print(
         f"{args.dir}: {inserted} added, {updated} replaced, {errors} malformed lines skipped "
-        f"in {took:.1f} s; {len(col)} documents"
+        f"in {took:.1f} s; {total} documents"
     )
     return 0
 

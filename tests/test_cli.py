@@ -1,0 +1,130 @@
+"""The ``twostage`` command, run as a user runs it: a real process per call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twostage.cli import main
+from twostage.sources import stdlib_docs
+
+CMD = [sys.executable, "-m", "twostage"]
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CMD, *args], input=stdin, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["index"],
+        ["index", "build"],
+        ["index", "add"],
+        ["index", "delete"],
+        ["index", "info"],
+        ["search"],
+        ["models"],
+        ["models", "list"],
+        ["models", "build"],
+    ],
+)
+def test_every_command_has_help_with_an_example(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "example" in out and "twostage" in out
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("cli")
+    corpus = tmp / "docs.csv"
+    rows = ["id,title,text,module"]
+    for d in stdlib_docs(40):
+        text = d.text.replace('"', '""')
+        rows.append(f'"{d.id}","{d.title}","{text}",{(d.metadata or {}).get("module") or ""}')
+    corpus.write_text("\n".join(rows) + "\n")
+    out = tmp / "col"
+    done = run(
+        "index",
+        "build",
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--id-field",
+        "id",
+        "--no-progress",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "40 documents from" in done.stdout
+    return out
+
+
+def test_search_table_and_json(collection: Path) -> None:
+    table = run("search", str(collection), "what does the assert statement do", "-k", "3")
+    assert table.returncode == 0, table.stderr
+    assert "topic:assert" in table.stdout and "timings (ms): encode" in table.stdout
+    js = run("search", str(collection), "assert statement", "-k", "2", "--json", "--no-rerank")
+    resp = json.loads(js.stdout)
+    assert resp["hits"][0]["id"].startswith("topic:assert")
+    assert resp["reranker_version"] is None and not resp["degraded"]
+
+
+def test_add_from_stdin_then_delete(collection: Path) -> None:
+    doc = {"_id": "note-1", "title": "Zebra", "text": "Zebras have black and white stripes."}
+    added = run("index", "add", str(collection), "-", stdin=json.dumps(doc) + "\n{bad\n")
+    assert added.returncode == 0, added.stderr
+    assert "1 added" in added.stdout and "1 malformed" in added.stdout
+    assert "line 2: invalid JSON" in added.stderr
+    found = json.loads(
+        run("search", str(collection), "striped animals", "--json", "-k", "1", "--no-rerank").stdout
+    )
+    assert found["hits"][0]["id"] == "note-1"
+    missing = run("index", "delete", str(collection), "note-1", "nope")
+    assert missing.returncode == 1 and "unknown document id" in missing.stderr
+    gone = run("index", "delete", str(collection), "note-1")
+    assert gone.returncode == 0 and "deleted 1" in gone.stdout
+    info = json.loads(run("index", "info", str(collection), "--json").stdout)
+    assert info["documents"] == 40
+
+
+def test_errors_are_one_line_and_exit_1(tmp_path: Path, collection: Path) -> None:
+    for args, msg in [
+        (["search", str(tmp_path / "nowhere"), "q"], "no manifest.json"),
+        (["search", str(collection), ""], "query is empty"),
+        (["search", str(collection), "q", "--filter", "novalue"], "KEY=VALUE"),
+        (
+            [
+                "index",
+                "build",
+                "--corpus",
+                str(tmp_path / "none.jsonl"),
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            "corpus not found",
+        ),
+    ]:
+        done = run(*args)
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr.startswith("twostage: error:") and msg in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_plain_text_corpus(tmp_path: Path) -> None:
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text("SQLite is an embedded database.\n\nHNSW is a graph index for vectors.\n")
+    out = tmp_path / "notes"
+    done = run("index", "build", "--corpus", str(corpus), "--out", str(out), "--no-progress")
+    assert done.returncode == 0, done.stderr
+    hit = json.loads(run("search", str(out), "nearest neighbour graph", "--json", "-k", "1").stdout)
+    assert hit["hits"][0]["id"] == "3"  # the line number
