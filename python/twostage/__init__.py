@@ -18,17 +18,26 @@ from typing import TYPE_CHECKING, Any
 
 from twostage import errors
 from twostage._core import Index, SearchResult, Slot, merge_topk, rerank_order, rrf
+from twostage.document import Document
 
 if TYPE_CHECKING:
+    from twostage.collection import Collection
+    from twostage.config import EngineConfig
     from twostage.encoder import Encoder
+    from twostage.engine import Engine, SearchResponse
     from twostage.reranker import Reranker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Collection",
+    "Document",
     "Encoder",
+    "Engine",
+    "EngineConfig",
     "Index",
     "Reranker",
+    "SearchResponse",
     "SearchResult",
     "Slot",
     "__version__",
@@ -38,9 +47,16 @@ __all__ = [
     "rrf",
 ]
 
-# The model classes pull in onnxruntime and tokenizers (~0.5 s to import); load them on
-# first use so that `import twostage` stays cheap for index-only users.
-_LAZY = {"Encoder": "twostage.encoder", "Reranker": "twostage.reranker"}
+# The model classes (and what uses them) pull in onnxruntime and tokenizers (~0.5 s to
+# import); load them on first use so that `import twostage` stays cheap for index-only users.
+_LAZY = {
+    "Collection": "twostage.collection",
+    "Encoder": "twostage.encoder",
+    "Engine": "twostage.engine",
+    "EngineConfig": "twostage.config",
+    "Reranker": "twostage.reranker",
+    "SearchResponse": "twostage.engine",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -8,9 +8,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twostage.errors import TwostageError
+
+if TYPE_CHECKING:
+    from twostage.engine import SearchResponse
 
 EPILOG_ROOT = """examples:
   twostage index build --corpus corpus.jsonl.gz --out docs/
@@ -324,6 +327,32 @@ def _parse_filter(items: Sequence[str]) -> dict[str, Any] | None:
     return out or None
 
 
+def render(resp: SearchResponse) -> str:
+    """A search response as a readable table with per-stage timings."""
+    lines = [f"query: {resp.query}"]
+    t = resp.timings
+    how = (
+        f"reranked by {resp.reranker_version} ({resp.scored} of {resp.candidates} candidates)"
+        if resp.reranker_version
+        else "first stage only" + (f" ({'; '.join(resp.notes)})" if resp.notes else "")
+    )
+    lines.append(how + (f"  DEGRADED: {resp.degraded_reason}" if resp.degraded else ""))
+    lines.append(f"{'#':>3}  {'score':>7}  {'1st':>4}  {'id':<22} title / snippet")
+    for n, h in enumerate(resp.hits, start=1):
+        mark = "*" if h.reranked else " "
+        title = h.title or h.snippet[:60]
+        lines.append(
+            f"{n:>3}  {h.score:>7.3f}{mark} {h.first_stage_rank + 1:>4}  "
+            f"{h.id[:22]:<22} {title[:60]}"
+        )
+    lines.append(
+        f"timings (ms): encode {t.encode:.1f}  ann {t.ann:.1f}  fetch {t.fetch:.1f}  "
+        f"rerank {t.rerank:.1f}  total {t.total:.1f}"
+    )
+    lines.append("* = reranker score; 1st = first-stage rank")
+    return "\n".join(lines)
+
+
 def _search(args: argparse.Namespace) -> int:
     from twostage.collection import Collection
     from twostage.engine import Engine
@@ -351,27 +380,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(resp.to_dict(), indent=2, ensure_ascii=False))
         return 0
-    print(f"query: {resp.query}")
-    t = resp.timings
-    how = (
-        f"reranked by {resp.reranker_version} ({resp.scored} of {resp.candidates} candidates)"
-        if resp.reranker_version
-        else "first stage only" + (f" ({'; '.join(resp.notes)})" if resp.notes else "")
-    )
-    print(how + (f"  DEGRADED: {resp.degraded_reason}" if resp.degraded else ""))
-    print(f"{'#':>3}  {'score':>7}  {'1st':>4}  {'id':<18} title / snippet")
-    for n, h in enumerate(resp.hits, start=1):
-        mark = "*" if h.reranked else " "
-        title = h.title or h.snippet[:60]
-        print(
-            f"{n:>3}  {h.score:>7.3f}{mark} {h.first_stage_rank + 1:>4}  "
-            f"{h.id[:18]:<18} {title[:70]}"
-        )
-    print(
-        f"timings (ms): encode {t.encode:.1f}  ann {t.ann:.1f}  fetch {t.fetch:.1f}  "
-        f"rerank {t.rerank:.1f}  total {t.total:.1f}   (models loaded in {load_s:.1f} s)"
-    )
-    print("* = reranker score; 1st = first-stage rank")
+    print(render(resp))
+    print(f"(models and collection loaded in {load_s:.1f} s)")
     return 0
 
 

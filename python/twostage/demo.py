@@ -1,26 +1,36 @@
 """The main job on the embedded defaults, end to end on this machine: ``./dev demo``.
 
-1. ANN: builds an index of 100k deterministic clustered 384-d vectors and prints
-   recall@10 against exact search and single-query latency (p50/p99).
-2. Semantic search: embeds the shipped 1,000-abstract SciFact sample with the built-in
-   MiniLM-L6 encoder (int8 ONNX, exported from the packaged safetensors on first use),
-   indexes it, and answers a query.
+1. Models: the built-in MiniLM-L6 encoder (exported to int8 ONNX from the packaged weights on
+   first use) and the shipped cross-encoder reranker, if this install has one.
+2. Corpus: the Python standard library's own documentation on this machine (language
+   reference topics and docstrings, read without importing anything), split into passages:
+   no download. Indexed with the resumable ingest pipeline into a collection under the cache.
+3. Two-stage search for a few questions, printing hits and per-stage timings.
 
+``--ann`` also runs the ANN demo (recall and latency on 100k synthetic vectors).
 Run ``python -m twostage.demo --help`` for options.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
+import sys
 import time
-from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
 from twostage import Index
 from twostage.synthetic import clustered_vectors, queries
+
+QUESTIONS = [
+    "how do I read a gzip compressed file",
+    "run a shell command and capture its output",
+    "what happens when an exception is raised inside a with statement",
+    "sort a list of dictionaries by one key",
+    "parse command line options with help messages",
+]
 
 
 def ann_demo(n: int, dim: int = 384, n_queries: int = 200, k: int = 10) -> None:
@@ -47,45 +57,78 @@ def ann_demo(n: int, dim: int = 384, n_queries: int = 200, k: int = 10) -> None:
         print(f"[ann] ef={ef:<4} recall@{k}={rec:.3f}  latency p50={p50:.3f} ms p99={p99:.3f} ms")
 
 
-def search_demo(query: str, k: int = 5) -> None:
-    from twostage.encoder import Encoder
+def write_stdlib_corpus(path: Path, limit: int) -> int:
+    """The stdlib documentation passages as BEIR JSONL (written once, then reused)."""
+    from twostage.sources import stdlib_docs
 
-    data = resources.files("twostage") / "data" / "scifact-1k.corpus.jsonl.gz"
-    with gzip.open(data.open("rb"), "rt", encoding="utf-8") as f:
-        docs = [json.loads(line) for line in f]
+    if path.is_file():
+        with open(path) as f:
+            return sum(1 for _ in f)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    n = 0
+    with open(tmp, "w") as f:
+        for d in stdlib_docs(limit):
+            row = {"_id": d.id, "title": d.title, "text": d.text, "metadata": d.metadata}
+            f.write(json.dumps(row) + "\n")
+            n += 1
+    tmp.replace(path)
+    return n
+
+
+def search_demo(passages: int, out: Path | None, questions: list[str], depth: int) -> None:
+    from twostage._models import cache_home
+    from twostage.cli import default_reranker, render
+    from twostage.collection import Collection
+    from twostage.encoder import Encoder
+    from twostage.engine import Engine
+    from twostage.ingest import build
+    from twostage.reranker import Reranker
+
     t0 = time.perf_counter()
-    encoder = Encoder.load("minilm-l6", precision="int8")
-    print(f"[search] loaded {encoder!r} in {time.perf_counter() - t0:.1f} s")
-    t0 = time.perf_counter()
-    vectors = encoder.encode([f"{d['title']}. {d['text']}" for d in docs], batch_size=32)
+    encoder = Encoder.load("minilm-l6")
     took = time.perf_counter() - t0
-    print(
-        f"[search] embedded {len(docs):,} SciFact abstracts in {took:.1f} s "
-        f"({len(docs) / took:,.0f} docs/s)"
-    )
-    index = Index(encoder.dim, metric="cos")
-    index.add(np.arange(len(docs), dtype=np.uint64), vectors)
-    t0 = time.perf_counter()
-    qv = encoder.encode([query], kind="query")[0]
-    hits = index.search(qv, k)
-    took = (time.perf_counter() - t0) * 1e3
-    print(f"[search] query: {query!r} ({took:.1f} ms: encode + ANN)")
-    for rank, (key, dist) in enumerate(hits.to_list(), start=1):
-        d = docs[key]
-        print(f"  {rank}. [{1 - dist:.3f}] {d['title'][:100]}  (doc {d['_id']})")
+    print(f"[models] encoder {encoder.name} ({encoder.precision}) ready in {took:.1f} s")
+    name = default_reranker()
+    reranker = None
+    if name is None:
+        print("[models] no shipped reranker in this install: the first stage answers alone")
+    else:
+        t0 = time.perf_counter()
+        reranker = Reranker.load(name)
+        print(f"[models] reranker {reranker.version} ready in {time.perf_counter() - t0:.1f} s")
+
+    py = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    root = out or cache_home() / "demo"
+    corpus = root / f"stdlib-docs-{py}-{passages}.jsonl"
+    n = write_stdlib_corpus(corpus, passages)
+    print(f"[corpus] {n:,} passages of this Python's own documentation: {corpus}")
+    folder = root / f"stdlib-docs-{py}-{passages}"
+    report = build(corpus, folder, encoder=encoder, progress=None)
+    print("[index] " + str(report).replace("\n", "\n[index] "))
+
+    with Collection.open(folder, encoder) as col:
+        engine = Engine(col, reranker=reranker)
+        for q in questions:
+            print()
+            print(render(engine.search(q, k=5, depth=depth)))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100_000, help="vectors in the ANN demo")
-    parser.add_argument(
-        "--query", default="Vitamin D deficiency is associated with a higher risk of infection."
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(
+        description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--skip-ann", action="store_true")
+    parser.add_argument("--passages", type=int, default=2000, help="stdlib passages to index")
+    parser.add_argument("--depth", type=int, default=30, help="candidates to rerank")
+    parser.add_argument("--out", type=Path, default=None, help="where the collection goes")
+    parser.add_argument("--query", action="append", help="ask this instead (repeatable)")
+    parser.add_argument("--ann", action="store_true", help="also run the 100k ANN demo")
+    parser.add_argument("--n", type=int, default=100_000, help="vectors in the ANN demo")
     args = parser.parse_args(argv)
-    if not args.skip_ann:
+    if args.ann:
         ann_demo(args.n)
-    search_demo(args.query)
+    search_demo(args.passages, args.out, args.query or QUESTIONS, args.depth)
 
 
 if __name__ == "__main__":
