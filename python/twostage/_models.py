@@ -63,6 +63,11 @@ class _BuiltIn:
     settings: dict[str, Any]
 
 
+def _shipped_reranker() -> Path:
+    """The default cross-encoder trained by twostage.train, shipped inside the package."""
+    return Path(__file__).resolve().parent / "models" / "twostage-rerank"
+
+
 BUILTINS: dict[str, _BuiltIn] = {
     "minilm-l6": _BuiltIn(
         kind="encoder",
@@ -71,6 +76,8 @@ BUILTINS: dict[str, _BuiltIn] = {
         # (its tokenizer.json says 128 with fixed padding: both are overridden here).
         settings={"pooling": "mean", "normalize": True, "max_length": 256},
     ),
+    # int8 ONNX only (see its MODEL_CARD.md); settings come from its twostage.json.
+    "twostage-rerank": _BuiltIn(kind="reranker", source=_shipped_reranker, settings={}),
 }
 
 
@@ -211,10 +218,13 @@ def _from_checkpoint(
 def _from_onnx_folder(
     folder: Path, kind: Kind, precision: Precision, name: str, extra: dict[str, Any] | None
 ) -> ModelFiles:
-    fp32 = _require(folder, "model.onnx")
+    # A folder may ship only model_int8.onnx (the built-in reranker does, to stay small).
+    int8_only = precision == "int8" and (folder / "model_int8.onnx").is_file()
+    fp32 = folder / "model.onnx" if int8_only else _require(folder, "model.onnx")
     tok_path = _require(folder, "tokenizer.json")
     settings = _load_settings(folder, kind, extra)
-    key = _sha(file_sha256(fp32), file_sha256(tok_path), json.dumps(settings, sort_keys=True))
+    weights = fp32 if fp32.is_file() else folder / "model_int8.onnx"
+    key = _sha(file_sha256(weights), file_sha256(tok_path), json.dumps(settings, sort_keys=True))
     if precision == "fp32":
         onnx_path = fp32
     elif (folder / "model_int8.onnx").is_file():
@@ -237,7 +247,7 @@ def _from_folder(
     if not folder.is_dir():
         raise ModelNotFound(f"model folder not found: {folder}")
     name = folder.name or "model"
-    if (folder / "model.onnx").is_file():
+    if (folder / "model.onnx").is_file() or (folder / "model_int8.onnx").is_file():
         return _from_onnx_folder(folder, kind, precision, name, extra)
     if (folder / "model.safetensors").is_file():
         return _from_checkpoint(folder, kind, precision, name, extra)
@@ -272,7 +282,10 @@ def resolve(spec: str | os.PathLike[str], kind: Kind, precision: Precision) -> M
     if builtin is not None:
         if builtin.kind != kind:
             raise InvalidModel(f"built-in {spec!r} is a {builtin.kind}, not a {kind}")
-        return _from_checkpoint(builtin.source(), kind, precision, spec, builtin.settings)
+        src = builtin.source()
+        if (src / "model.onnx").is_file() or (src / "model_int8.onnx").is_file():
+            return _from_onnx_folder(src, kind, precision, spec, builtin.settings)
+        return _from_checkpoint(src, kind, precision, spec, builtin.settings)
     names = sorted(n for n, b in BUILTINS.items() if b.kind == kind)
     if _REPO_ID.match(spec):
         return _from_folder(_download(spec, names), kind, precision)

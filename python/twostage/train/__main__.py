@@ -1,0 +1,231 @@
+"""``python -m twostage.train {mine,reranker,export,evaluate,latency}``: see docs/training.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def _repeat(items: list[str]) -> dict[str, int]:
+    out = {}
+    for it in items:
+        name, _, n = it.partition("=")
+        out[name] = int(n or 1)
+    return out
+
+
+def cmd_mine(a: argparse.Namespace) -> None:
+    from twostage.encoder import Encoder
+    from twostage.train.data import REDISTRIBUTABLE, load_set
+    from twostage.train.mine import MineConfig, mine_set, split_dev, write_jsonl
+
+    names = list(REDISTRIBUTABLE) if a.sets == "redistributable" else a.sets.split(",")
+    enc = Encoder.load(a.encoder, precision=a.precision, threads=a.threads)
+    caps = _repeat(a.max_queries) if a.max_queries else {}
+    dev = {k: float(v) for k, _, v in (d.partition("=") for d in a.dev or [])}
+    a.out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for name in names:
+        data = load_set(name, a.shared)
+        cfg = MineConfig(
+            k=a.k,
+            margin=a.margin,
+            keep=a.keep,
+            skip_top=a.skip_top,
+            max_queries=caps.get(name),
+            seed=a.seed,
+        )
+        rows = mine_set(data, enc, cfg)
+        if name in dev:
+            rows, dev_qids = split_dev(rows, dev[name], a.seed)
+            (a.out / "dev").mkdir(exist_ok=True)
+            (a.out / "dev" / f"{name}.qids.json").write_text(json.dumps(dev_qids))
+        n = write_jsonl(rows, a.out / f"{name}.jsonl")
+        negs = sum(len(r["negatives"]) for r in rows)
+        summary[name] = {**data.summary(), "rows": n, "negatives": negs}
+        print(json.dumps(summary[name]), flush=True)
+    (a.out / "mined_summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def cmd_reranker(a: argparse.Namespace) -> None:
+    from twostage.train.reranker import TrainConfig, train
+
+    data = sorted(a.data.glob("*.jsonl")) if a.data.is_dir() else [a.data]
+    if a.sets:
+        data = [p for p in data if p.stem in a.sets.split(",")]
+    cfg = TrainConfig(
+        data=data,
+        out=a.out,
+        init=a.init,
+        layers=_ints(a.layers) if a.layers else None,
+        steps=a.steps,
+        batch=a.batch,
+        negatives=a.negatives,
+        neg_pool=a.neg_pool,
+        max_length=a.max_length,
+        lr=a.lr,
+        head_lr_mult=a.head_lr_mult,
+        pooling=a.pooling,
+        seed=a.seed,
+        bf16=a.bf16,
+        threads=a.threads,
+        save_every=a.save_every,
+        max_minutes=a.max_minutes,
+        repeat=_repeat(a.repeat or []),
+        device=a.device,
+        freeze_embeddings=not a.train_embeddings,
+    )
+    print(json.dumps(train(cfg, resume=not a.no_resume), indent=2))
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from twostage.train.export import export_folder
+
+    out = export_folder(a.checkpoint, a.out, max_length=a.max_length, fp32=not a.int8_only)
+    print(out)
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from twostage.train.evaluate import evaluate_collection
+
+    res = evaluate_collection(
+        a.data,
+        a.model,
+        depths=_ints(a.depths),
+        split=a.split,
+        fusion=a.fusion,
+        max_length=a.max_length,
+        cache=a.cache,
+    )
+    print(json.dumps(res, indent=2))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(res, indent=2))
+
+
+def cmd_latency(a: argparse.Namespace) -> None:
+    from twostage.train.evaluate import latency
+
+    print(json.dumps(latency(a.model, _ints(a.pairs), max_length=a.max_length), indent=2))
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from twostage.train.report import markdown, report
+
+    res = report(
+        a.model,
+        a.mined,
+        depths=_ints(a.depths),
+        ood_depths=_ints(a.ood_depths) if a.ood_depths else None,
+        cache=a.cache,
+        max_length=a.max_length,
+    )
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(res, indent=2))
+    print(markdown(res))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m twostage.train", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    m = sub.add_parser("mine", help="hard negatives from each set's own corpus (no PyTorch)")
+    m.add_argument(
+        "--sets",
+        default="redistributable",
+        help="comma-separated names from twostage.train.data.SETS, or 'redistributable'",
+    )
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--shared", type=Path, default=None, help="the shared/ folder")
+    m.add_argument("--encoder", default="minilm-l6")
+    m.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    m.add_argument("--threads", type=int, default=2)
+    m.add_argument("-k", type=int, default=50)
+    m.add_argument("--margin", type=float, default=0.05)
+    m.add_argument("--keep", type=int, default=30)
+    m.add_argument("--skip-top", type=int, default=0)
+    m.add_argument("--max-queries", nargs="*", help="NAME=N caps, e.g. medquad=2000")
+    m.add_argument(
+        "--dev",
+        nargs="*",
+        default=["scifact=0.2"],
+        help="NAME=FRACTION of queries held out (their ids go to OUT/dev/)",
+    )
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(fn=cmd_mine)
+
+    r = sub.add_parser("reranker", help="train a cross-encoder (listwise) on mined JSONL")
+    r.add_argument("--data", type=Path, required=True, help="a mined .jsonl or a folder of them")
+    r.add_argument("--sets", default=None, help="only these files (stems) from --data")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--init", type=Path, default=None, help="BERT folder (default all-MiniLM-L6-v2)")
+    r.add_argument("--layers", default=None, help="keep these layers, e.g. 0,1,2")
+    r.add_argument("--steps", type=int, default=1000)
+    r.add_argument("--batch", type=int, default=4)
+    r.add_argument("--negatives", type=int, default=7)
+    r.add_argument("--neg-pool", type=int, default=20)
+    r.add_argument("--max-length", type=int, default=192)
+    r.add_argument("--lr", type=float, default=7e-5)
+    r.add_argument("--head-lr-mult", type=float, default=10.0)
+    r.add_argument("--pooling", default="mean", choices=["mean", "cls"])
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument(
+        "--bf16", action="store_true", help="bfloat16 autocast (fast on AVX512-BF16/AMX)"
+    )
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--save-every", type=int, default=200)
+    r.add_argument("--max-minutes", type=float, default=None)
+    r.add_argument("--repeat", nargs="*", help="NAME=N: repeat a source's rows N times")
+    r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    r.add_argument("--train-embeddings", action="store_true", help="also train word embeddings")
+    r.add_argument("--no-resume", action="store_true")
+    r.set_defaults(fn=cmd_reranker)
+
+    e = sub.add_parser("export", help="checkpoint folder -> ONNX folder (int8, compact)")
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("out", type=Path)
+    e.add_argument("--max-length", type=int, default=None)
+    e.add_argument("--int8-only", action="store_true", help="ship model_int8.onnx only")
+    e.set_defaults(fn=cmd_export)
+
+    v = sub.add_parser("evaluate", help="first stage vs reranked NDCG@10 on a BEIR collection")
+    v.add_argument(
+        "--data", type=Path, required=True, help="a BEIR folder (e.g. shared/data/scifact)"
+    )
+    v.add_argument("--model", default=None, help="reranker spec (folder or built-in name)")
+    v.add_argument("--split", default="test")
+    v.add_argument("--depths", default="10,20,50")
+    v.add_argument("--fusion", type=float, default=None, help="also report logit + w * cosine")
+    v.add_argument("--max-length", type=int, default=None)
+    v.add_argument("--cache", type=Path, default=None, help="folder for corpus vectors")
+    v.add_argument("--json", type=Path, default=None)
+    v.set_defaults(fn=cmd_evaluate)
+
+    t = sub.add_parser("latency", help="time scoring N pairs with a reranker (SciFact texts)")
+    t.add_argument("--model", required=True)
+    t.add_argument("--pairs", default="10,20,50,100")
+    t.add_argument("--max-length", type=int, default=None)
+    t.set_defaults(fn=cmd_latency)
+
+    rp = sub.add_parser("report", help="dev fusion fit, SciFact test + other collections, latency")
+    rp.add_argument("--model", required=True)
+    rp.add_argument("--mined", type=Path, required=True, help="the mining output (for dev queries)")
+    rp.add_argument("--depths", default="10,20,50")
+    rp.add_argument("--ood-depths", default="10,20", help="depths for the other collections")
+    rp.add_argument("--max-length", type=int, default=None)
+    rp.add_argument("--cache", type=Path, default=None)
+    rp.add_argument("--json", type=Path, default=None)
+    rp.set_defaults(fn=cmd_report)
+
+    a = p.parse_args(argv)
+    a.fn(a)
+
+
+if __name__ == "__main__":
+    main()

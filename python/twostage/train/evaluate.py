@@ -1,0 +1,270 @@
+"""Evaluation for training runs: first stage vs reranked NDCG@10, and reranker latency.
+
+First stage: the project's Encoder and exact search over the whole corpus (the number an
+HNSW index approximates). Reranked: the top ``depth`` candidates rescored by a
+:class:`~twostage.reranker.Reranker` (int8 ONNX, what serving runs), the rest kept in
+first-stage order below them. ``fusion=w`` also reports ``logit + w * cosine``.
+
+NDCG@10 comes from ir-measures (trec_eval's definition: gain = relevance grade, log2
+discount, ideal from the qrels) when it is installed, else from :func:`ndcg_at_k`, the same
+definition, checked against ir-measures and a hand case in tests/test_train.py.
+
+No PyTorch here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twostage.train.data import load_beir_eval
+from twostage.train.mine import encode, exact_topk
+
+Run = Mapping[str, Mapping[str, float]]
+Qrels = Mapping[str, Mapping[str, int]]
+
+
+def ndcg_at_k(qrels: Qrels, run: Run, k: int = 10) -> float:
+    """Mean NDCG@k over the queries in ``qrels`` (a query missing from ``run`` scores 0).
+
+    Ties in the run are broken by document id, descending, as trec_eval does.
+
+    >>> ndcg_at_k({"q": {"a": 1}}, {"q": {"b": 2.0, "a": 1.0}}, 10)  # doctest: +ELLIPSIS
+    0.6309...
+    """
+    vals = []
+    for q, rel in qrels.items():
+        ranked = sorted(run.get(q, {}).items(), key=lambda t: (-t[1], _neg(t[0])))[:k]
+        dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, (d, _) in enumerate(ranked))
+        ideal = sorted((g for g in rel.values() if g > 0), reverse=True)[:k]
+        idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
+        vals.append(dcg / idcg if idcg > 0 else 0.0)
+    return float(np.mean(vals)) if vals else 0.0
+
+
+class _neg(str):
+    __slots__ = ()
+
+    def __lt__(self, other: str) -> bool:
+        return str.__gt__(self, other)
+
+
+def ndcg10(qrels: Qrels, run: Run) -> float:
+    """NDCG@10 by ir-measures where installed, else :func:`ndcg_at_k`."""
+    try:
+        import ir_measures  # type: ignore[import-untyped]
+    except ImportError:
+        return ndcg_at_k(qrels, run, 10)
+    q = {qid: dict(r) for qid, r in qrels.items()}
+    r = {qid: {d: float(s) for d, s in docs.items()} for qid, docs in run.items() if qid in q}
+    val = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], q, r)[ir_measures.nDCG @ 10]
+    # ir-measures averages over the queries in the run; a query it never saw scores 0.
+    return float(val) * len([k for k in q if k in r]) / max(len(q), 1)
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def first_stage(
+    queries: dict[str, str],
+    corpus: dict[str, str],
+    k: int,
+    *,
+    encoder: Any = None,
+    cache: Path | None = None,
+) -> dict[str, list[tuple[str, float]]]:
+    """Exact top-k by the encoder's cosine for each query: ``{qid: [(doc, cos), ...]}``."""
+    from twostage.encoder import Encoder
+
+    enc = encoder or Encoder.load("minilm-l6")
+    pids = sorted(corpus)
+    dv = None
+    if cache is not None:
+        path = Path(cache) / f"docs-{enc.fingerprint}-{_key(*pids, str(len(pids)))}.npy"
+        if path.is_file():
+            dv = np.load(path)
+    if dv is None:
+        dv = encode(enc, [corpus[p] for p in pids], "document")
+        if cache is not None:
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            np.save(path, dv)
+    qids = sorted(queries)
+    qv = encode(enc, [queries[q] for q in qids], "query")
+    idx, val = exact_topk(qv, dv, k)
+    return {
+        q: [(pids[j], float(s)) for j, s in zip(idx[i], val[i], strict=True)]
+        for i, q in enumerate(qids)
+    }
+
+
+def rerank_run(
+    cands: dict[str, list[tuple[str, float]]],
+    logits: dict[str, np.ndarray],
+    depth: int,
+    fusion: float | None = None,
+) -> dict[str, dict[str, float]]:
+    """A run where the top ``depth`` are ordered by logit (+ fusion * cosine), the rest
+    follow in first-stage order (scores kept strictly below the reranked ones)."""
+    run: dict[str, dict[str, float]] = {}
+    for q, lst in cands.items():
+        top, rest = lst[:depth], lst[depth:]
+        s = logits[q][: len(top)].astype(np.float64)
+        if fusion is not None:
+            s = s + fusion * np.array([c for _, c in top])
+        scores = {d: 1000.0 + float(v) for (d, _), v in zip(top, s, strict=True)}
+        for i, (d, _) in enumerate(rest):
+            scores[d] = -float(i)
+        run[q] = scores
+    return run
+
+
+FUSION_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
+
+
+def score_candidates(
+    rr: Any,
+    queries: dict[str, str],
+    corpus: dict[str, str],
+    cands: dict[str, list[tuple[str, float]]],
+    depth: int,
+) -> dict[str, np.ndarray]:
+    """Reranker logits for each query's top ``depth`` candidates."""
+    out: dict[str, np.ndarray] = {}
+    for q, lst in cands.items():
+        docs = [corpus[d] for d, _ in lst[:depth]]
+        out[q] = rr.score_tokens(queries[q], rr.tokenize_documents(docs))
+    return out
+
+
+def fit_fusion(
+    qrels: Qrels,
+    cands: dict[str, list[tuple[str, float]]],
+    logits: dict[str, np.ndarray],
+    depth: int,
+    grid: Sequence[float] = FUSION_GRID,
+) -> tuple[float, dict[str, float]]:
+    """The weight ``w`` in ``logit + w * cosine`` with the best NDCG@10 (ties: smaller w).
+
+    Fit it on training queries held out from training, never on a test split.
+    """
+    table = {str(w): ndcg10(qrels, rerank_run(cands, logits, depth, w)) for w in grid}
+    best = max(grid, key=lambda w: (round(table[str(w)], 6), -w))
+    return float(best), {k: round(v, 4) for k, v in table.items()}
+
+
+def evaluate_collection(
+    folder: Path,
+    model: str | None,
+    *,
+    depths: Sequence[int] = (10, 20, 50),
+    split: str = "test",
+    fusion: float | None = None,
+    max_length: int | None = None,
+    cache: Path | None = None,
+    first_k: int = 100,
+    reranker: Any = None,
+    query_ids: Sequence[str] | None = None,
+    keep: bool = False,
+) -> dict[str, Any]:
+    """NDCG@10 of the first stage and of reranking at each depth on one BEIR split.
+
+    ``query_ids`` restricts the queries (e.g. training queries held out as a dev set);
+    ``keep`` also returns the candidates, logits and qrels (keys starting with ``_``).
+    """
+    queries, corpus, qrels = load_beir_eval(Path(folder), split)
+    if query_ids is not None:
+        keep_ids = set(query_ids)
+        queries = {q: t for q, t in queries.items() if q in keep_ids}
+        qrels = {q: r for q, r in qrels.items() if q in keep_ids}
+    k = max(first_k, *depths)
+    cands = first_stage(queries, corpus, k, cache=cache)
+    fs_run = {q: {d: s for d, s in lst} for q, lst in cands.items()}
+    out: dict[str, Any] = {
+        "collection": Path(folder).name,
+        "split": split,
+        "queries": len(queries),
+        "documents": len(corpus),
+        "first_stage": round(ndcg10(qrels, fs_run), 4),
+    }
+    if model is None and reranker is None:
+        return out
+    from twostage.reranker import Reranker
+
+    rr = reranker or Reranker.load(model or "", max_length=max_length)
+    out["model"] = rr.version
+    dmax = max(depths)
+    t0 = time.perf_counter()
+    logits = score_candidates(rr, queries, corpus, cands, dmax)
+    out["rerank_seconds"] = round(time.perf_counter() - t0, 1)
+    out["reranked"] = {
+        str(d): round(ndcg10(qrels, rerank_run(cands, logits, d)), 4) for d in depths
+    }
+    if fusion is not None:
+        out["fusion_weight"] = fusion
+        out["fused"] = {
+            str(d): round(ndcg10(qrels, rerank_run(cands, logits, d, fusion)), 4) for d in depths
+        }
+    if keep:
+        out.update(_cands=cands, _logits=logits, _qrels=qrels)
+        return out
+    return _public(out)
+
+
+def _public(res: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in res.items() if not k.startswith("_")}
+
+
+def latency(
+    model: str,
+    pairs: Sequence[int] = (10, 20, 50, 100),
+    *,
+    max_length: int | None = None,
+    repeats: int = 7,
+    threads: int | None = None,
+    data: Path | None = None,
+) -> dict[str, Any]:
+    """Median milliseconds for ``score_tokens`` over N pre-tokenised SciFact abstracts.
+
+    The query is tokenised per call, documents are not (as a collection stores them).
+    """
+    from twostage.reranker import Reranker
+    from twostage.train.data import SHARED, read_jsonl
+
+    rr = Reranker.load(model, max_length=max_length, threads=threads)
+    folder = Path(data or SHARED / "data" / "scifact")
+    docs = [
+        r["text"]
+        for _, r in zip(range(max(pairs) * 2), read_jsonl(folder / "corpus.jsonl"), strict=False)
+    ]
+    toks = rr.tokenize_documents(docs)
+    query = "Vitamin D deficiency is associated with a higher risk of respiratory infection."
+    rr.score_tokens(query, toks[:32])
+    out: dict[str, Any] = {"model": rr.version, "max_length": rr.max_length, "ms": {}}
+    for n in pairs:
+        ts = []
+        for r in range(repeats):
+            off = (r * 7) % max(1, len(toks) - n)
+            t = time.perf_counter()
+            rr.score_tokens(query, toks[off : off + n])
+            ts.append(time.perf_counter() - t)
+        out["ms"][str(n)] = round(1000 * float(np.median(ts)), 1)
+    return out
+
+
+__all__ = [
+    "evaluate_collection",
+    "first_stage",
+    "fit_fusion",
+    "latency",
+    "ndcg10",
+    "ndcg_at_k",
+    "rerank_run",
+    "score_candidates",
+]

@@ -1,0 +1,172 @@
+"""Turn a trained cross-encoder checkpoint into a servable model folder (no PyTorch).
+
+The graph is the project's own (:func:`twostage.export.build_bert_graph`, fused, classifier
+head) and the int8 model comes from its own quantiser (:func:`twostage.export.quantize_int8`).
+One step is added for shipping: ``compact=True`` also quantises the word-embedding table
+(30,522 x 384 floats: 47 MB, more than all the layers of a small model together) to int8
+with one scale per row, and gathers and rescales rows at run time. The quantiser leaves
+embedding tables in float32 because they cost no FLOPs; they do cost megabytes, and the
+default model must ship inside the package.
+
+>>> export_folder("runs/ce/model", "out/twostage-rerank")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from twostage.export import (
+    BertConfig,
+    build_bert_graph,
+    load_weights,
+    quantize_int8,
+    save_atomic,
+)
+
+
+def compact_embeddings(model: onnx.ModelProto, max_length: int | None = None) -> onnx.ModelProto:
+    """Replace ``EmbedLayerNormalization`` by int8 word embeddings + standard ops.
+
+    Word rows are stored as int8 with a per-row float scale (``row = q * scale``); position
+    rows are cut to ``max_length``. The layer-norm output is the same tensor name, so the
+    rest of the graph is untouched.
+    """
+    g = model.graph
+    node = next((n for n in g.node if n.op_type == "EmbedLayerNormalization"), None)
+    if node is None:
+        raise ValueError("graph has no EmbedLayerNormalization node (export with fused=True)")
+    ids, types, word_n, pos_n, type_n, gamma_n, beta_n = list(node.input)[:7]
+    out = node.output[0]
+    if len(node.output) > 1 and node.output[1]:
+        used = {i for n in g.node for i in n.input}
+        if node.output[1] in used:
+            raise ValueError("EmbedLayerNormalization's mask_index output is used elsewhere")
+    eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
+    inits = {t.name: t for t in g.initializer}
+    word = numpy_helper.to_array(inits[word_n]).astype(np.float32)
+    pos = numpy_helper.to_array(inits[pos_n]).astype(np.float32)
+    if max_length is not None:
+        pos = pos[:max_length]
+    scale = np.maximum(np.abs(word).max(axis=1), 1e-8) / 127.0
+    q = np.clip(np.rint(word / scale[:, None]), -127, 127).astype(np.int8)
+
+    def init(name: str, arr: np.ndarray) -> str:
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    for name in (word_n, pos_n):
+        g.initializer.remove(inits[name])
+    wq = init("emb.word_q", q)
+    ws = init("emb.word_scale", scale.astype(np.float32))
+    pt = init("emb.pos", pos)
+    axes = init("emb.axes2", np.array([2], dtype=np.int64))
+    zero = init("emb.zero", np.array([0], dtype=np.int64))
+    new = [
+        helper.make_node("Gather", [wq, ids], ["emb.wq_rows"], name="emb.gather_q"),
+        helper.make_node(
+            "Cast", ["emb.wq_rows"], ["emb.wq_f"], name="emb.cast", to=TensorProto.FLOAT
+        ),
+        helper.make_node("Gather", [ws, ids], ["emb.ws_rows"], name="emb.gather_s"),
+        helper.make_node("Unsqueeze", ["emb.ws_rows", axes], ["emb.ws_col"], name="emb.unsq"),
+        helper.make_node("Mul", ["emb.wq_f", "emb.ws_col"], ["emb.word"], name="emb.scale"),
+        helper.make_node("Shape", [ids], ["emb.seq"], name="emb.shape", start=1, end=2),
+        helper.make_node("Slice", [pt, zero, "emb.seq", zero], ["emb.pos_rows"], name="emb.slice"),
+        helper.make_node("Gather", [type_n, types], ["emb.type_rows"], name="emb.gather_t"),
+        helper.make_node("Add", ["emb.word", "emb.pos_rows"], ["emb.sum1"], name="emb.add1"),
+        helper.make_node("Add", ["emb.sum1", "emb.type_rows"], ["emb.sum2"], name="emb.add2"),
+        helper.make_node(
+            "LayerNormalization",
+            ["emb.sum2", gamma_n, beta_n],
+            [out],
+            name="emb.ln",
+            axis=-1,
+            epsilon=eps,
+        ),
+    ]
+    at = list(g.node).index(node)
+    g.node.remove(node)
+    for k, n in enumerate(new):
+        g.node.insert(at + k, n)
+    return model
+
+
+def mean_classifier(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Append the 1-logit classifier to a mean-pooling graph: output ``logits`` [batch, 1]."""
+    g = model.graph
+    last = g.node[-1]
+    if last.op_type != "Identity" or last.output[0] != "sentence_embedding":
+        raise ValueError("expected a graph ending in Identity -> sentence_embedding")
+    pooled = last.input[0]
+    g.node.remove(last)
+    w = weights["classifier.weight"].astype(np.float32)  # (1, hidden)
+    b = weights["classifier.bias"].astype(np.float32)
+    g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T), "head.weight"))
+    g.initializer.append(numpy_helper.from_array(b, "head.bias"))
+    g.node.extend(
+        [
+            helper.make_node("MatMul", [pooled, "head.weight"], ["head.mm"], name="head.matmul"),
+            helper.make_node("Add", ["head.mm", "head.bias"], ["head.out"], name="head.add"),
+            helper.make_node("Identity", ["head.out"], ["logits"], name="output"),
+        ]
+    )
+    del g.output[:]
+    g.output.append(
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", w.shape[0]])
+    )
+    return model
+
+
+def export_folder(
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    max_length: int | None = None,
+    fp32: bool = True,
+    compact: bool = True,
+    extra_settings: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model_int8.onnx`` (+ ``model.onnx`` if ``fp32``), ``tokenizer.json`` and
+    ``twostage.json`` into ``out`` from a checkpoint folder (config.json + model.safetensors
+    + tokenizer.json [+ twostage.json]).
+    """
+    src, dst = Path(checkpoint), Path(out)
+    dst.mkdir(parents=True, exist_ok=True)
+    config = BertConfig.from_file(src / "config.json")
+    settings: dict[str, Any] = {"kind": "reranker", "max_length": 512}
+    if (src / "twostage.json").is_file():
+        settings.update(json.loads((src / "twostage.json").read_text(encoding="utf-8")))
+    if max_length is not None:
+        settings["max_length"] = max_length
+    settings.update(extra_settings or {})
+    settings["max_length"] = min(int(settings["max_length"]), config.max_position_embeddings)
+    weights = load_weights(src / "model.safetensors")
+    raw = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    if raw.get("twostage_pooling", "cls") == "mean":
+        graph = mean_classifier(build_bert_graph(config, weights, head="mean"), weights)
+    else:
+        graph = build_bert_graph(config, weights, head="classifier")
+    with tempfile.TemporaryDirectory(dir=dst) as tmp:
+        f32 = Path(tmp) / "model.onnx"
+        save_atomic(graph, f32)
+        i8 = Path(tmp) / "model_int8.onnx"
+        quantize_int8(f32, i8)
+        if compact:
+            save_atomic(compact_embeddings(onnx.load(str(i8)), settings["max_length"]), i8)
+        os.replace(i8, dst / "model_int8.onnx")
+        if fp32:
+            os.replace(f32, dst / "model.onnx")
+    shutil.copy(src / "tokenizer.json", dst / "tokenizer.json")
+    (dst / "twostage.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    return dst
+
+
+__all__ = ["compact_embeddings", "export_folder", "mean_classifier"]
