@@ -19,6 +19,7 @@ EPILOG_ROOT = """examples:
   twostage index build --corpus corpus.jsonl.gz --out docs/
   twostage search docs/ "does vitamin D prevent fractures"
   twostage index info docs/
+  twostage serve docs/ --token-file ~/.ts-token
   twostage models list
 """
 
@@ -154,6 +155,66 @@ def _parser() -> argparse.ArgumentParser:
         help="metadata equality (repeatable; KEY=a,b matches either)",
     )
     s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    # ---- serve ----
+    sv = sub.add_parser(
+        "serve",
+        help="serve a collection over HTTP (search, documents, models, metrics, a page)",
+        description=(
+            "Serve a collection over HTTP (FastAPI on uvicorn): POST /search, documents, "
+            "model updates without downtime, /healthz, /readyz, /metrics, OpenAPI at /docs "
+            "and a search page at /. Write and admin endpoints need a bearer token from "
+            "$TWOSTAGE_TOKEN or --token-file. Needs the 'server' extra. SIGHUP reloads the "
+            "serving reranker from its files."
+        ),
+        epilog=(
+            "examples:\n"
+            "  TWOSTAGE_TOKEN=$(cat ~/.ts-token) twostage serve docs/ --model-root ~/models\n"
+            "  twostage serve docs/ --token-file /run/secrets/ts --port 9000 --protect-reads\n"
+            "  twostage serve docs/ --insecure-no-auth     # a trusted machine, loopback only"
+        ),
+    )
+    _fmt(sv)
+    sv.add_argument("dir", help="collection folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--token-file", default=None, help="file holding the bearer token")
+    sv.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve write and admin endpoints without a token (loopback only)",
+    )
+    sv.add_argument(
+        "--protect-reads",
+        action="store_true",
+        help="search, documents and metrics need the token too",
+    )
+    sv.add_argument(
+        "--model-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder that model updates may load from (repeatable)",
+    )
+    sv.add_argument(
+        "--reranker",
+        default=None,
+        help="reranker at start: built-in name or folder (default: the shipped one; 'none')",
+    )
+    sv.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    sv.add_argument("--no-batching", action="store_true", help="no cross-request batching")
+    sv.add_argument("--batch-max-pairs", type=int, default=64)
+    sv.add_argument("--batch-wait-ms", type=float, default=2.0)
+    sv.add_argument("--workers", type=int, default=4, help="search threads")
+    sv.add_argument("--depth", type=int, default=None, help="default rerank depth")
+    sv.add_argument("--budget-ms", type=float, default=None, help="default search deadline")
+    sv.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    sv.add_argument("--max-batch-docs", type=int, default=256)
+    sv.add_argument("--validation-set", default=None, help="JSONL set for model updates")
+    sv.add_argument("--ndcg-floor", type=float, default=None, help="refuse models below it")
+    sv.add_argument("--watch-models", action="store_true", help="reload on model file changes")
+    sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sv.add_argument("--access-log", action="store_true", help="log every request")
 
     # ---- models ----
     m = sub.add_parser(
@@ -423,6 +484,66 @@ def _models_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from twostage.server import ServerSettings, create_app, read_token
+    except ImportError as e:
+        print(
+            f"twostage: error: serve needs the server extra ({e.name} is missing): "
+            "pip install 'twostage[server]'",
+            file=sys.stderr,
+        )
+        return 1
+    from twostage.config import EngineConfig
+
+    overrides: dict[str, Any] = {}
+    if args.depth is not None:
+        overrides["depth"] = args.depth
+    if args.budget_ms is not None:
+        overrides["budget_ms"] = args.budget_ms
+    token = None if args.insecure_no_auth else read_token(args.token_file)
+    settings = ServerSettings(
+        collection=Path(args.dir),
+        host=args.host,
+        port=args.port,
+        token=token,
+        insecure_no_auth=args.insecure_no_auth,
+        protect_reads=args.protect_reads,
+        model_roots=tuple(Path(p) for p in args.model_root),
+        reranker=args.reranker,
+        reranker_precision=args.precision,
+        engine=EngineConfig(**overrides),
+        batching=not args.no_batching,
+        batch_max_pairs=args.batch_max_pairs,
+        batch_wait_ms=args.batch_wait_ms,
+        workers=args.workers,
+        max_body_bytes=args.max_body_bytes,
+        max_batch_docs=args.max_batch_docs,
+        validation_set=Path(args.validation_set) if args.validation_set else None,
+        ndcg_floor=args.ndcg_floor,
+        watch_models=args.watch_models,
+    )
+    if not (Path(args.dir) / "manifest.json").is_file():
+        print(
+            f"twostage: error: {args.dir} holds no collection (no manifest.json)", file=sys.stderr
+        )
+        return 1
+    import logging
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``twostage`` command; returns the exit status."""
     parser = _parser()
@@ -445,6 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "search":
         handler = _search
+    elif args.command == "serve":
+        handler = _serve
     else:
         sub = str(getattr(args, f"{args.command}_command", ""))
         handler = handlers[(args.command, sub)]

@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -35,7 +35,7 @@ from twostage.collection import Collection
 from twostage.config import EngineConfig
 from twostage.encoder import Encoder
 from twostage.errors import EncoderMismatch, InvalidArgument
-from twostage.reranker import Reranker
+from twostage.reranker import Pairs, Reranker
 from twostage.store import StoredDoc
 
 K = TypeVar("K", bound=Hashable)
@@ -139,6 +139,26 @@ class SearchResponse:
         return asdict(self)
 
 
+class PairScorer(Protocol):
+    """Scores packed pairs for the engine somewhere else: a queue shared by many requests.
+
+    The server's cross-request batcher (``twostage.server.batching.Batcher``) is one. It
+    must score only with ``rr`` (one model version per answer), stop scoring by
+    ``deadline`` (a ``time.perf_counter()`` value), and never raise for a model failure.
+    """
+
+    def score_pairs(
+        self, rr: Reranker, pairs: Pairs, deadline: float, per_token: float
+    ) -> tuple[dict[int, float], str | None]:
+        """Scores by pair index for the pairs scored in time, and why any were not.
+
+        ``per_token`` is the engine's predicted cost (seconds per padded token), a seed for
+        the scorer's own estimate. The reason starts with ``budget``, ``timeout``,
+        ``reranker failed`` or ``reranker returned non-finite`` as the engine's own do.
+        """
+        ...
+
+
 class _Cancel:
     """Cancels an onnxruntime run when the deadline passes (a hung or slow model)."""
 
@@ -169,6 +189,8 @@ class Engine:
         reranker: a :class:`~twostage.reranker.Reranker`, or ``None`` for first stage only
             (until :meth:`swap_reranker`).
         config: defaults for ``k``, ``depth``, ``budget_ms``, batch size, cache sizes, limits.
+        scorer: optional :class:`PairScorer` that runs the reranker's batches instead of the
+            searching thread (a server shares one across requests); ``None``: run them here.
 
     >>> resp = engine.search("query", k=10, depth=50, budget_ms=120)  # doctest: +SKIP
     >>> resp.timings.total, resp.degraded  # doctest: +SKIP
@@ -180,6 +202,8 @@ class Engine:
         encoder: Encoder | None = None,
         reranker: Reranker | None = None,
         config: EngineConfig | None = None,
+        *,
+        scorer: PairScorer | None = None,
     ) -> None:
         if encoder is not None and encoder.fingerprint != collection.encoder.fingerprint:
             raise EncoderMismatch(
@@ -200,6 +224,8 @@ class Engine:
         if reranker is not None:
             self._warm(reranker)
         self._slot = Slot(reranker)
+        self.scorer = scorer
+        """Where reranker batches run (``None``: in the searching thread); settable."""
 
     # ---- the reranker slot ----
     @property
@@ -425,6 +451,15 @@ class Engine:
         fixed = self.config.rerank_ms_per_token
         with self._cost_lock:
             per_token = self._cost.get(version, 0.0) if fixed is None else fixed / 1000.0
+        scorer = self.scorer
+        if scorer is not None:
+            got, reason = scorer.score_pairs(rr, pairs, deadline, per_token)
+            for i, s in got.items():
+                pos = todo[i]
+                scored[pos] = s
+                d = docs[pos]
+                self._score_cache.put((version, query, d.key, d.seq), s)
+            return scored, cached, reason
         for start in range(0, len(todo), bs):
             rows = list(range(start, min(start + bs, len(todo))))
             batch = pad(rows, [pairs.ids[i] for i in rows], [pairs.type_ids[i] for i in rows])
@@ -506,4 +541,4 @@ def _snippet(text: str, limit: int) -> str:
     return text[: cut if cut > limit // 2 else limit] + " …"
 
 
-__all__ = ["Engine", "Hit", "LRUCache", "SearchResponse", "Timings"]
+__all__ = ["Engine", "Hit", "LRUCache", "PairScorer", "SearchResponse", "Timings"]

@@ -1,0 +1,695 @@
+"""The HTTP service: an app factory, a lifespan that loads everything before it is ready.
+
+``create_app(settings)`` returns a FastAPI app. Its lifespan opens the collection (which
+loads the encoder), loads and validates the reranker, starts the cross-request batcher and
+the thread pools, and only then serves; on shutdown it drains, closes the pools and writes
+the index snapshot. Inference never runs on the event loop: searches run on a pool of
+``workers`` threads, writes on one writer thread, model loads on one admin thread.
+
+Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
+
+==========================  =======  ================================================
+``POST /search``            read     query, k, depth, budget_ms, rerank, filter
+``GET /documents/{id}``     read     one stored document
+``POST /documents``         write    batch upsert
+``DELETE /documents/{id}``  write    delete one document
+``GET /models``             read     serving versions, load and validation figures
+``PUT /models/reranker``    admin    {"path"|"name", "precision"}: load, validate, swap
+``POST /models/reranker/rollback``  admin  back to the previous model
+``GET /healthz``            open     the process is alive
+``GET /readyz``             open     collection open and models loaded
+``GET /metrics``            read     Prometheus text
+``GET /``                   open     the search page
+==========================  =======  ================================================
+
+>>> from twostage.server import ServerSettings, create_app
+>>> app = create_app(ServerSettings(collection="docs/", token="s3cret-token"))
+>>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from twostage import __version__
+from twostage._models import BUILTINS
+from twostage.collection import Collection
+from twostage.document import Document
+from twostage.engine import Engine
+from twostage.reranker import Reranker
+from twostage.server.batching import Batcher
+from twostage.server.errors import STATUS_CODES, ApiError, BodyTooLarge, from_library
+from twostage.server.metrics import CONTENT_TYPE, Metrics
+from twostage.server.models import ModelRegistry
+from twostage.server.security import require_token
+from twostage.server.settings import Precision, ServerSettings
+
+log = logging.getLogger("twostage.server")
+STATIC = Path(__file__).resolve().parent / "static"
+T = TypeVar("T")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+# ---- the HTTP edge: request and response bodies ------------------------------------------
+
+
+class SearchIn(BaseModel):
+    """A search request."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(description="The question", examples=["how do I read a gzip file"])
+    k: int | None = Field(None, description="Hits to return (default: the server's k)")
+    depth: int | None = Field(None, description="Candidates the reranker may score; 0: none")
+    budget_ms: float | None = Field(None, description="The deadline for the whole search")
+    rerank: bool = Field(True, description="False: the first stage alone")
+    filter: dict[str, Any] | None = Field(
+        None, description="Metadata equality; a list value matches any of its items"
+    )
+
+
+class HitOut(BaseModel):
+    id: str
+    score: float
+    first_stage_score: float
+    first_stage_rank: int
+    reranked: bool
+    reranker_version: str | None
+    title: str
+    snippet: str
+    metadata: dict[str, Any] | None = None
+
+
+class TimingsOut(BaseModel):
+    encode: float
+    ann: float
+    fetch: float
+    rerank: float
+    total: float
+
+
+class SearchOut(BaseModel):
+    """Hits, per-stage timings (ms), how the answer was made, the models serving."""
+
+    query: str
+    hits: list[HitOut]
+    timings: TimingsOut
+    degraded: bool
+    degraded_reason: str | None
+    reranker_version: str | None
+    candidates: int
+    scored: int
+    cached_scores: int
+    query_cached: bool
+    notes: list[str]
+    models: dict[str, str | None]
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=512)
+    text: str = ""
+    title: str = ""
+    metadata: dict[str, Any] | None = None
+
+
+class DocumentsIn(BaseModel):
+    """A batch upsert: an id that exists is replaced."""
+
+    model_config = ConfigDict(extra="forbid")
+    documents: list[DocumentIn]
+
+
+class ModelUpdateIn(BaseModel):
+    """Exactly one of ``path`` (a folder under a model root) or ``name`` (a built-in)."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = Field(None, examples=["ce-v2"])
+    name: str | None = Field(None, examples=["twostage-rerank"])
+    precision: Precision | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorOut(BaseModel):
+    """The envelope of every error."""
+
+    error: ErrorBody
+
+
+# Declares the bearer scheme in OpenAPI; the guards below do the checking (one message).
+_BEARER = HTTPBearer(auto_error=False, description="the server's token (TWOSTAGE_TOKEN)")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+
+
+# ---- the service's state -----------------------------------------------------------------
+
+
+class Service:
+    """Everything the lifespan builds; endpoints read it through ``app.state.service``."""
+
+    def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.ready = False
+        self.collection: Collection | None = None
+        self.engine: Engine | None = None
+        self.registry: ModelRegistry | None = None
+        self.batcher: Batcher | None = None
+        self.search_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="ts-search")
+        self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="ts-write")
+        self.admin_pool = ThreadPoolExecutor(1, thread_name_prefix="ts-admin")
+        self.started = time.time()
+
+    def load(self) -> None:
+        """Open the collection, load the reranker, build the engine (blocking: admin pool)."""
+        s = self.settings
+        t0 = time.perf_counter()
+        col = Collection.open(s.collection)
+        self.collection = col
+        col.embed_query("warm up the encoder")  # first-call kernel set-up, not a user's
+        spec = s.reranker
+        if spec is None:
+            from twostage.cli import default_reranker
+
+            spec = default_reranker()
+        rr: Reranker | None = None
+        t1 = time.perf_counter()
+        if spec and spec != "none":
+            rr = Reranker.load(spec, precision=s.reranker_precision)
+        load_ms = (time.perf_counter() - t1) * 1000.0
+        if s.batching:
+            self.batcher = Batcher(
+                max_pairs=s.batch_max_pairs,
+                max_wait_ms=s.batch_wait_ms,
+                grace_ms=s.engine.cancel_grace_ms,
+                on_batch=self.metrics.observe_batch,
+            )
+        self.engine = Engine(col, reranker=rr, config=s.engine, scorer=self.batcher)
+        self.registry = ModelRegistry(
+            self.engine,
+            s,
+            on_update=lambda result: self.metrics.model_updates.labels(result=result).inc(),
+        )
+        if rr is not None and spec:
+            self.registry.validate(rr)  # the operator's model passes the same checks
+            self.registry.adopt(rr, spec, s.reranker_precision, load_ms)
+        self.metrics.live(self.live)
+        log.info(
+            "ready in %.1f s: %d documents, reranker %s, batching %s",
+            time.perf_counter() - t0,
+            len(col),
+            rr.version if rr else "none",
+            "on" if self.batcher else "off",
+        )
+
+    def live(self) -> dict[str, Any]:
+        """Scrape-time figures for the metrics collector."""
+        eng, col = self.engine, self.collection
+        if eng is None or col is None:
+            return {}
+        rr = eng.reranker
+        return {
+            "caches": eng.cache_stats(),
+            "models": {
+                "encoder": f"{col.encoder.name}@{col.encoder.fingerprint}",
+                "reranker": rr.version if rr else None,
+            },
+            "documents": len(col),
+            "queued": self.batcher.queued() if self.batcher else 0,
+            "ready": 1 if self.ready else 0,
+        }
+
+    def close(self) -> None:
+        """Stop the batcher and the pools, then snapshot and close the collection."""
+        self.ready = False
+        if self.batcher is not None:
+            self.batcher.close()
+        for pool in (self.search_pool, self.write_pool, self.admin_pool):
+            pool.shutdown(wait=True)
+        if self.collection is not None:
+            self.collection.close()
+
+    # ---- helpers for endpoints ----
+    def need(self) -> tuple[Engine, Collection, ModelRegistry]:
+        """The loaded parts, or 503 while starting or stopping."""
+        if not self.ready or self.engine is None or self.collection is None:
+            raise ApiError(503, "not_ready", "the service is starting or stopping; retry shortly")
+        assert self.registry is not None
+        return self.engine, self.collection, self.registry
+
+    async def run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking ``fn`` on ``pool``; library errors become envelopes."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, functools.partial(fn, *args))
+        except ApiError:
+            raise
+        except Exception as e:
+            err = from_library(e)
+            if err.status >= 500:
+                log.exception("internal error in %s", getattr(fn, "__name__", fn))
+            raise err from e
+
+
+# ---- middleware: body limit, metrics, headers ----------------------------------------------
+
+
+class Edge:
+    """Pure ASGI middleware: body-size limit, request metrics, security headers."""
+
+    def __init__(self, app: ASGIApp, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        svc = self.service
+        limit = svc.settings.max_body_bytes
+        t0 = time.perf_counter()
+        status = 500
+        metrics = svc.metrics
+        metrics.inflight.inc()
+        try:
+            length = _content_length(scope)
+            if length is not None and length > limit:
+                status = 413
+                await _send_error(send, BodyTooLarge(limit))
+                return
+            seen = 0
+
+            async def limited_receive() -> Message:
+                nonlocal seen
+                msg = await receive()
+                if msg["type"] == "http.request":
+                    seen += len(msg.get("body", b""))
+                    if seen > limit:
+                        raise BodyTooLarge(limit)
+                return msg
+
+            async def send_with_headers(msg: Message) -> None:
+                nonlocal status
+                if msg["type"] == "http.response.start":
+                    status = int(msg["status"])
+                    headers = list(msg.get("headers", []))
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                    headers.append((b"referrer-policy", b"no-referrer"))
+                    msg["headers"] = headers
+                await send(msg)
+
+            await self.app(scope, limited_receive, send_with_headers)
+        finally:
+            metrics.inflight.dec()
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            metrics.requests.labels(route=path, method=scope["method"], status=str(status)).inc()
+            metrics.latency.labels(route=path).observe(time.perf_counter() - t0)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _send_error(send: Send, err: ApiError) -> None:
+    resp = _error_response(err)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": resp.status_code,
+            "headers": resp.raw_headers,
+        }
+    )
+    await send({"type": "http.response.body", "body": resp.body})
+
+
+def _error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _validation_message(exc: RequestValidationError) -> ApiError:
+    errs = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errs):
+        return ApiError(422, "invalid_json", "the request body is not valid JSON")
+    parts = []
+    for e in errs[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    more = f" (and {len(errs) - 5} more)" if len(errs) > 5 else ""
+    return ApiError(422, "invalid_request", "; ".join(parts) + more)
+
+
+# ---- the factory ----------------------------------------------------------------------------
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """The FastAPI app for ``settings``; nothing is loaded until its lifespan starts.
+
+    >>> app = create_app(ServerSettings(collection="docs/", insecure_no_auth=True))
+    >>> sorted(r.path for r in app.routes if "search" in r.path)
+    ['/search']
+    """
+    metrics = Metrics()
+    service = Service(settings, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(service.admin_pool, service.load)
+        tasks: list[asyncio.Task[None]] = []
+        hup = _install_sighup(loop, service)
+        if settings.watch_models:
+            tasks.append(asyncio.create_task(_watch(service)))
+        service.ready = True
+        try:
+            yield
+        finally:
+            service.ready = False
+            for t in tasks:
+                t.cancel()
+            if hup:
+                loop.remove_signal_handler(signal.SIGHUP)
+            await loop.run_in_executor(None, service.close)
+
+    def write_guard(request: Request, _: Credentials) -> None:
+        require_token(request.headers.get("authorization"), settings.token)
+
+    def read_guard(request: Request, _: Credentials) -> None:
+        if settings.protect_reads:
+            require_token(request.headers.get("authorization"), settings.token)
+
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorOut} for code in (401, 404, 413, 422, 503)
+    }
+    app = FastAPI(
+        title="twostage",
+        version=__version__,
+        description="Two-stage semantic search: HNSW candidates, cross-encoder rerank, "
+        "hot-swappable models. Every error is {'error': {'code', 'message'}}.",
+        lifespan=lifespan,
+        responses=errors,
+    )
+    app.state.service = service
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(_validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = STATUS_CODES.get(exc.status_code, "error")
+        msg = str(exc.detail)
+        if exc.status_code == 404:
+            msg = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
+        elif exc.status_code == 405:
+            msg = f"{request.method} is not allowed on {request.url.path} (see /docs)"
+        headers = dict(exc.headers) if exc.headers else None
+        return _error_response(ApiError(exc.status_code, code, msg, headers=headers))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error_response(from_library(exc))
+
+    # ---- probes and metrics ----
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, Any]:
+        """The process is alive (answers while loading, too)."""
+        return {"status": "ok", "uptime_s": round(time.time() - service.started, 1)}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> dict[str, Any]:
+        """Ready: the collection is open and the models are loaded; else 503 not_ready."""
+        eng, col, _ = service.need()
+        rr = eng.reranker
+        return {
+            "status": "ready",
+            "documents": len(col),
+            "encoder": col.encoder.name,
+            "reranker": rr.version if rr else None,
+            "batching": service.batcher is not None,
+        }
+
+    @app.get("/metrics", tags=["ops"], dependencies=[Depends(read_guard)])
+    async def metrics_text() -> Response:
+        """Prometheus text exposition."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    # ---- search ----
+    @app.post(
+        "/search", response_model=SearchOut, tags=["search"], dependencies=[Depends(read_guard)]
+    )
+    async def search(body: SearchIn) -> Response:
+        """Two-stage search. A spent budget or a failing reranker never fails the request:
+        the answer keeps first-stage order for what was not scored and says ``degraded``."""
+        eng, col, _ = service.need()
+        _check_search(body, settings)
+        resp = await service.run(
+            service.search_pool,
+            eng.search,
+            body.query,
+            body.k,
+            body.depth,
+            body.budget_ms,
+            body.rerank,
+            body.filter,
+        )
+        metrics.observe_search(resp)
+        out = resp.to_dict()
+        rr = eng.reranker
+        out["models"] = {
+            "encoder": f"{col.encoder.name}@{col.encoder.fingerprint}",
+            "reranker": rr.version if rr else None,
+        }
+        return JSONResponse(out)
+
+    # ---- documents ----
+    @app.get("/documents/{doc_id:path}", tags=["documents"], dependencies=[Depends(read_guard)])
+    async def get_document(doc_id: str) -> dict[str, Any]:
+        """One stored document; 404 ``not_found`` for an unknown id."""
+        _, col, _ = service.need()
+        docs = await service.run(service.search_pool, col.get, [doc_id])
+        d = docs[0]
+        return {"id": d.id, "text": d.text, "title": d.title, "metadata": d.metadata}
+
+    @app.post("/documents", tags=["documents"], dependencies=[Depends(write_guard)])
+    async def upsert_documents(body: DocumentsIn) -> dict[str, Any]:
+        """Embed and upsert a batch (an id that exists is replaced), all or nothing."""
+        _, col, _ = service.need()
+        n = len(body.documents)
+        if n > settings.max_batch_docs:
+            raise ApiError(
+                413,
+                "batch_too_large",
+                f"{n} documents in one request; the limit is {settings.max_batch_docs}: "
+                "send smaller batches",
+            )
+        if n == 0:
+            raise ApiError(422, "invalid_request", "documents is empty")
+        try:
+            docs = [Document(d.id, d.text, d.title, d.metadata) for d in body.documents]
+        except ValueError as e:
+            raise from_library(e) from None
+        res = await service.run(service.write_pool, col.add, docs)
+        return {
+            "inserted": res.inserted,
+            "updated": res.updated,
+            "seq": res.seq,
+            "documents": len(col),
+        }
+
+    @app.delete("/documents/{doc_id:path}", tags=["documents"], dependencies=[Depends(write_guard)])
+    async def delete_document(doc_id: str) -> dict[str, Any]:
+        """Delete one document; 404 ``not_found`` for an unknown id."""
+        _, col, _ = service.need()
+        n = await service.run(service.write_pool, col.delete, [doc_id])
+        return {"deleted": n, "documents": len(col)}
+
+    # ---- models ----
+    @app.get("/models", tags=["models"], dependencies=[Depends(read_guard)])
+    async def models() -> dict[str, Any]:
+        """Serving versions, load times, validation figures, the recent update history."""
+        _, _, reg = service.need()
+        out = reg.describe()
+        out["builtin_rerankers"] = sorted(n for n, b in BUILTINS.items() if b.kind == "reranker")
+        return out
+
+    @app.put("/models/reranker", tags=["models"], dependencies=[Depends(write_guard)])
+    async def update_reranker(body: ModelUpdateIn) -> dict[str, Any]:
+        """Load beside the serving model, validate, swap; on any failure the old one stays
+        (422 ``model_rejected`` says why)."""
+        _, _, reg = service.need()
+        if (body.path is None) == (body.name is None):
+            raise ApiError(
+                422, "invalid_request", "give exactly one of 'path' (a model folder) or 'name'"
+            )
+        kind: Literal["name", "path"] = "name" if body.name is not None else "path"
+        spec = body.name if body.name is not None else body.path
+        assert spec is not None
+        rec = await service.run(
+            service.admin_pool, functools.partial(reg.update, kind=kind), spec, body.precision
+        )
+        prev = reg.previous
+        return {"status": "active", "model": rec.to_dict(), "previous": prev and prev.to_dict()}
+
+    @app.post("/models/reranker/rollback", tags=["models"], dependencies=[Depends(write_guard)])
+    async def rollback_reranker() -> dict[str, Any]:
+        """Return to the previous model (409 ``no_previous_model`` when there is none)."""
+        _, _, reg = service.need()
+        rec = await service.run(service.admin_pool, reg.rollback)
+        prev = reg.previous
+        return {"status": "active", "model": rec.to_dict(), "previous": prev and prev.to_dict()}
+
+    # ---- the page ----
+    index_html = (STATIC / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        # The page runs only its own script: no inline code, nothing from elsewhere.
+        return HTMLResponse(
+            index_html,
+            headers={
+                "content-security-policy": "default-src 'self'; img-src 'self' data:; "
+                "frame-ancestors 'none'"
+            },
+        )
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # Outermost, so that refused bodies and errors are counted too.
+    app.add_middleware(Edge, service=service)
+    return app
+
+
+def _check_search(body: SearchIn, settings: ServerSettings) -> None:
+    """Request limits with their own codes (the engine checks again; these say more)."""
+    cfg = settings.engine
+    if len(body.query) > cfg.max_query_chars:
+        raise ApiError(
+            422,
+            "query_too_long",
+            f"the query is {len(body.query)} characters; the limit is {cfg.max_query_chars}",
+        )
+    if not body.query.strip():
+        raise ApiError(422, "query_empty", "the query is empty")
+    if body.k is not None and not 1 <= body.k <= cfg.max_k:
+        raise ApiError(422, "k_out_of_range", f"k must be in 1..{cfg.max_k}, not {body.k}")
+    if body.depth is not None and not 0 <= body.depth <= cfg.max_depth:
+        raise ApiError(
+            422, "depth_out_of_range", f"depth must be in 0..{cfg.max_depth}, not {body.depth}"
+        )
+    if body.budget_ms is not None and (
+        not math.isfinite(body.budget_ms) or not 0 <= body.budget_ms <= 60_000
+    ):
+        raise ApiError(
+            422, "budget_out_of_range", f"budget_ms must be in 0..60000, not {body.budget_ms}"
+        )
+
+
+def _install_sighup(loop: asyncio.AbstractEventLoop, service: Service) -> bool:
+    """SIGHUP reloads the serving reranker from its files; only in the main thread."""
+
+    running: set[asyncio.Task[None]] = set()  # a reference, so a reload is not collected
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(_reload(service, "SIGHUP"))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError):
+        return False  # not the main thread (an embedded server), or no SIGHUP here
+    return True
+
+
+async def _reload(service: Service, why: str) -> None:
+    reg = service.registry
+    if reg is None:
+        return
+    try:
+        rec = await service.run(service.admin_pool, reg.reload)
+        log.info("%s: reranker reloaded: %s", why, rec.version if rec else "none serving")
+    except ApiError as e:
+        log.warning("%s: reload refused, the serving model stays: %s", why, e.message)
+
+
+def folder_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime) of the files in a model folder: changes when a file does."""
+    try:
+        return tuple(
+            sorted(
+                (p.name, st.st_size, st.st_mtime_ns)
+                for p in path.iterdir()
+                if p.is_file() and (st := p.stat())
+            )
+        )
+    except OSError:
+        return ()
+
+
+async def _watch(service: Service) -> None:
+    """Reload when the serving model's folder changes and then holds still for one poll."""
+    interval = service.settings.watch_interval_s
+    loop = asyncio.get_running_loop()
+    last: tuple[tuple[str, int, int], ...] | None = None
+    pending: tuple[tuple[str, int, int], ...] | None = None
+    watched: str | None = None
+    while True:
+        await asyncio.sleep(interval)
+        reg = service.registry
+        cur = reg.current if reg else None
+        if cur is None or cur.source in (None, "built-in"):
+            continue
+        folder = Path(cur.source or "")
+        sig = await loop.run_in_executor(service.admin_pool, folder_signature, folder)
+        if watched != cur.source:  # a new model: its present files are the baseline
+            watched, last, pending = cur.source, sig, None
+            continue
+        if sig == last:
+            pending = None
+            continue
+        if sig != pending:  # still changing (a copy in progress): wait for it to settle
+            pending = sig
+            continue
+        last, pending = sig, None
+        await _reload(service, f"watched folder {folder}")
+
+
+__all__ = ["SearchIn", "SearchOut", "Service", "create_app", "folder_signature"]

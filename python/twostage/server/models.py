@@ -1,0 +1,383 @@
+"""Reranker updates without downtime: load beside, warm, validate, swap; or keep the old one.
+
+An update (``PUT /models/reranker``, SIGHUP, a watched folder) runs in order, and any step
+that fails leaves the serving model untouched and says why:
+
+1. **resolve**: a built-in name, or a folder under the configured model roots;
+2. **load**: a new :class:`~twostage.reranker.Reranker` beside the one serving;
+3. **validate**: finite scores on a golden set of pairs (and, when a validation set is
+   configured, NDCG@10 on it not below the floor);
+4. **swap**: :meth:`Engine.swap_reranker` warms it and installs it atomically; searches
+   already running finish with the model they started with.
+
+The model before is kept for :meth:`ModelRegistry.rollback`; the one before that is
+released, and freed once its last search ends.
+
+>>> registry = ModelRegistry(engine, settings)  # doctest: +SKIP
+>>> registry.update("ce-v2", precision="fp32").version  # doctest: +SKIP
+'ce-v2@3f2a...'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from twostage._models import BUILTINS
+from twostage.engine import Engine
+from twostage.errors import InvalidArgument
+from twostage.reranker import Reranker
+from twostage.server.errors import ApiError, from_library
+from twostage.server.security import check_model_path
+from twostage.server.settings import Precision, ServerSettings
+
+log = logging.getLogger("twostage.server")
+
+Status = Literal["active", "previous", "retired", "rejected"]
+
+#: Pairs every candidate must score with finite values: short and long, on- and off-topic,
+#: an empty-ish document and non-ASCII text, so a model that breaks on any of them is refused.
+GOLDEN: list[tuple[str, str]] = [
+    ("how do I read a gzip file", "The gzip module reads and writes gzip-compressed files."),
+    ("how do I read a gzip file", "A bird in the hand is worth two in the bush."),
+    ("parse json", "json.loads deserializes a str containing a JSON document to an object."),
+    ("sort a list", "list.sort() sorts the list in place, using only < comparisons."),
+    ("sort a list", "." * 3),
+    ("regular expression groups", "Match.group returns one or more subgroups of the match. " * 20),
+    ("unicode normalisation", "unicodedata.normalize('NFC', 'café') — naïve résumé, 東京."),
+    ("what is a coroutine", "Coroutines are declared with async def and awaited with await."),
+]
+
+
+@dataclass
+class ModelRecord:
+    """One model the server loaded or was offered, and what became of it."""
+
+    spec: str
+    precision: str
+    status: Status
+    version: str | None = None
+    source: str | None = None  # the resolved folder, or "built-in"
+    loaded_at: str | None = None
+    load_ms: float | None = None
+    validate_ms: float | None = None
+    swap_ms: float | None = None
+    validation: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None  # why it was rejected
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return asdict(self)
+
+
+class ModelRejected(ApiError):
+    """An update failed; the serving model is unchanged."""
+
+    def __init__(self, message: str, *, active: str | None, record: ModelRecord) -> None:
+        super().__init__(
+            422,
+            "model_rejected",
+            f"{message}; still serving {active or 'no reranker'}",
+            details={"active": active, "candidate": record.to_dict()},
+        )
+
+
+class ModelRegistry:
+    """The engine's reranker, its predecessor (for rollback) and the update history.
+
+    One update at a time: a second one while the first runs gets 409 ``update_in_progress``.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: ServerSettings,
+        *,
+        on_update: Callable[[str], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._current: tuple[ModelRecord, Reranker] | None = None
+        self._previous: tuple[ModelRecord, Reranker] | None = None
+        self._history: list[ModelRecord] = []
+        self._on_update = on_update
+        self._validation: list[tuple[str, list[str], list[float]]] | None = None
+        if settings.validation_set is not None:
+            self._validation = load_validation_set(settings.validation_set)
+
+    # ---- reads ----
+    @property
+    def current(self) -> ModelRecord | None:
+        """The serving model's record."""
+        return self._current[0] if self._current else None
+
+    @property
+    def previous(self) -> ModelRecord | None:
+        """The model a rollback returns to."""
+        return self._previous[0] if self._previous else None
+
+    def describe(self) -> dict[str, Any]:
+        """What GET /models answers."""
+        enc = self._engine.collection.encoder
+        return {
+            "reranker": self.current.to_dict() if self.current else None,
+            "previous": self.previous.to_dict() if self.previous else None,
+            "history": [r.to_dict() for r in reversed(self._history)],
+            "encoder": {
+                "name": enc.name,
+                "precision": enc.precision,
+                "fingerprint": enc.fingerprint,
+            },
+            "model_roots": [str(r) for r in self._settings.model_roots],
+            "validation_set": str(self._settings.validation_set)
+            if self._settings.validation_set
+            else None,
+            "ndcg_floor": self._settings.ndcg_floor,
+        }
+
+    # ---- updates ----
+    def adopt(self, rr: Reranker | None, spec: str, precision: str, load_ms: float) -> None:
+        """Record the model the engine was started with (already installed)."""
+        if rr is None:
+            return
+        rec = ModelRecord(
+            spec=spec,
+            precision=precision,
+            status="active",
+            version=rr.version,
+            source=_source(spec),
+            loaded_at=_now(),
+            load_ms=round(load_ms, 1),
+        )
+        self._current = (rec, rr)
+        self._remember(rec)
+
+    def update(
+        self,
+        spec: str,
+        precision: Precision | None = None,
+        *,
+        kind: Literal["auto", "name", "path"] = "auto",
+        trusted: bool = False,
+    ) -> ModelRecord:
+        """Load, validate and install the reranker ``spec``; raises :class:`ModelRejected`.
+
+        ``kind``: ``"name"`` (a built-in), ``"path"`` (a folder under the model roots) or
+        ``"auto"`` (a built-in name if there is one). ``trusted`` skips the model-root check:
+        for specs the operator gave on the command line, never for a request's.
+        """
+        if not self._lock.acquire(blocking=False):
+            raise ApiError(
+                409, "update_in_progress", "another model update is running; retry when it ends"
+            )
+        try:
+            return self._update(spec, precision or self._settings.reranker_precision, kind, trusted)
+        finally:
+            self._lock.release()
+
+    def reload(self) -> ModelRecord | None:
+        """Load the serving model's spec again (its files changed): SIGHUP, watched folder."""
+        cur = self.current
+        if cur is None:
+            return None
+        # The spec was accepted once (a root-checked request or the operator's own).
+        return self.update(cur.spec, cur.precision, trusted=True)  # type: ignore[arg-type]
+
+    def rollback(self) -> ModelRecord:
+        """Return to the previous model (the current one becomes the previous)."""
+        if not self._lock.acquire(blocking=False):
+            raise ApiError(
+                409, "update_in_progress", "a model update is running; retry when it ends"
+            )
+        try:
+            if self._previous is None:
+                raise ApiError(
+                    409, "no_previous_model", "there is no previous model to roll back to"
+                )
+            prev, cur = self._previous, self._current
+            t0 = time.perf_counter()
+            self._engine.swap_reranker(prev[1])
+            prev[0].status, prev[0].swap_ms = "active", _ms(t0)
+            if cur is not None:
+                cur[0].status = "previous"
+            self._current, self._previous = prev, cur
+            self._notify("rollback")
+            log.info("rolled back to %s", prev[0].version)
+            return prev[0]
+        finally:
+            self._lock.release()
+
+    def _update(
+        self,
+        spec: str,
+        precision: Precision,
+        kind: Literal["auto", "name", "path"],
+        trusted: bool,
+    ) -> ModelRecord:
+        rec = ModelRecord(spec=spec, precision=precision, status="rejected")
+        active = self.current.version if self.current else None
+
+        def reject(why: str) -> ModelRejected:
+            rec.reason = why
+            self._remember(rec)
+            self._notify("rejected")
+            log.warning("model update %s refused: %s", spec, why)
+            return ModelRejected(why, active=active, record=rec)
+
+        if not isinstance(spec, str) or not spec.strip():
+            raise reject("the model spec is empty")
+        try:
+            target: str | Path = spec
+            if kind == "name" or (kind == "auto" and spec in BUILTINS):
+                rerankers = sorted(n for n, b in BUILTINS.items() if b.kind == "reranker")
+                if spec not in BUILTINS:
+                    raise ApiError(
+                        404,
+                        "model_not_found",
+                        f"no built-in model {spec!r}; built-in rerankers: {rerankers}",
+                    )
+                if BUILTINS[spec].kind != "reranker":
+                    raise ApiError(
+                        422, "model_rejected", f"built-in {spec!r} is an encoder, not a reranker"
+                    )
+                rec.source = "built-in"
+            elif trusted:
+                target = Path(spec).expanduser().resolve()
+                rec.source = str(target)
+            else:
+                target = check_model_path(spec, self._settings.model_roots)
+                rec.source = str(target)
+        except ApiError as e:
+            rec.reason = e.message
+            self._remember(rec)
+            self._notify("rejected")
+            raise
+        t0 = time.perf_counter()
+        try:
+            rr = Reranker.load(target, precision=precision)
+        except Exception as e:
+            raise reject(f"could not load {spec}: {from_library(e).message}") from None
+        rec.version, rec.load_ms, rec.loaded_at = rr.version, _ms(t0), _now()
+        t1 = time.perf_counter()
+        try:
+            rec.validation = self.validate(rr)
+        except ValueError as e:
+            raise reject(f"validation failed: {e}") from None
+        rec.validate_ms = _ms(t1)
+        t2 = time.perf_counter()
+        try:
+            self._engine.swap_reranker(rr)  # warms it, refuses non-finite warm-up scores
+        except Exception as e:
+            raise reject(f"the warm-up failed: {from_library(e).message}") from None
+        rec.swap_ms = _ms(t2)
+        rec.status = "active"
+        old = self._current
+        if old is not None:
+            old[0].status = "previous"
+        if self._previous is not None:
+            self._previous[0].status = "retired"  # released: freed after its last search
+        self._previous, self._current = old, (rec, rr)
+        self._remember(rec)
+        self._notify("ok")
+        log.info("reranker %s installed (load %.0f ms)", rr.version, rec.load_ms or 0.0)
+        return rec
+
+    def validate(self, rr: Reranker) -> dict[str, Any]:
+        """Golden-set (and validation-set) figures for ``rr``; raises ValueError if unfit."""
+        out: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        scores = np.concatenate([rr.score(q, [d]) for q, d in GOLDEN])
+        out["golden_pairs"] = len(GOLDEN)
+        out["golden_ms_per_pair"] = round(_ms(t0) / len(GOLDEN), 3)
+        if not np.isfinite(scores).all():
+            bad = int(np.flatnonzero(~np.isfinite(scores))[0])
+            raise ValueError(
+                f"non-finite score {scores[bad]} on golden pair {bad} ({GOLDEN[bad][0]!r})"
+            )
+        if self._validation is not None:
+            ndcg = float(
+                np.mean([ndcg_at_10(rr.score(q, docs), rels) for q, docs, rels in self._validation])
+            )
+            out["ndcg@10"] = round(ndcg, 4)
+            out["validation_queries"] = len(self._validation)
+            floor = self._settings.ndcg_floor
+            if floor is not None:
+                out["ndcg_floor"] = floor
+                if not math.isfinite(ndcg) or ndcg < floor:
+                    raise ValueError(f"NDCG@10 {ndcg:.4f} on the validation set is below {floor}")
+        return out
+
+    def _remember(self, rec: ModelRecord) -> None:
+        if rec not in self._history:
+            self._history.append(rec)
+        del self._history[: -self._settings.history]
+
+    def _notify(self, result: str) -> None:
+        if self._on_update is not None:
+            self._on_update(result)
+
+
+def load_validation_set(path: Path) -> list[tuple[str, list[str], list[float]]]:
+    """A JSONL validation set: ``{"query": str, "documents": [{"text", "relevance"}]}``."""
+    out: list[tuple[str, list[str], list[float]]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise InvalidArgument(f"cannot read the validation set {path}: {e.strerror}") from e
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            docs = [str(d["text"]) for d in row["documents"]]
+            rels = [float(d.get("relevance", 0)) for d in row["documents"]]
+            out.append((str(row["query"]), docs, rels))
+        except (ValueError, KeyError, TypeError) as e:
+            raise InvalidArgument(
+                f"{path}:{n}: expected {{'query', 'documents': [{{'text', 'relevance'}}]}}: {e}"
+            ) from e
+    if not out:
+        raise InvalidArgument(f"the validation set {path} has no queries")
+    return out
+
+
+def ndcg_at_10(scores: np.ndarray, relevance: list[float]) -> float:
+    """NDCG@10 of the order ``scores`` gives, with graded ``relevance`` (gain 2^rel - 1).
+
+    >>> ndcg_at_10(np.array([0.9, 0.1]), [1.0, 0.0]), ndcg_at_10(np.array([0.1, 0.9]), [1.0, 0.0])
+    (1.0, 0.6309297535714575)
+    """
+    rel = np.asarray(relevance, dtype=np.float64)
+    # Ties broken by position, so a constant-score model gets the input order's figure.
+    order = np.lexsort((np.arange(len(rel)), -np.asarray(scores, dtype=np.float64)))[:10]
+    disc = 1.0 / np.log2(np.arange(2, 12))
+    dcg = float(((2.0 ** rel[order] - 1.0) * disc[: len(order)]).sum())
+    ideal = np.sort(rel)[::-1][:10]
+    idcg = float(((2.0**ideal - 1.0) * disc[: len(ideal)]).sum())
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def _source(spec: str) -> str:
+    return "built-in" if spec in BUILTINS else spec
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 1)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["GOLDEN", "ModelRecord", "ModelRegistry", "ModelRejected", "ndcg_at_10"]

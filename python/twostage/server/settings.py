@@ -1,0 +1,145 @@
+"""The server's settings: one frozen dataclass, with defaults from ``TWOSTAGE_*`` variables.
+
+The engine's own settings (k, depth, budget, caches, limits) stay in
+:class:`~twostage.config.EngineConfig`; these are the service's: where it listens, who may
+write, which model folders may be loaded, how requests are batched and bounded. The server's
+environment variables are read here and only here.
+
+>>> from twostage.server.settings import ServerSettings
+>>> s = ServerSettings(collection="docs/", token="s3cret")
+>>> s.host, s.port, s.batching
+('127.0.0.1', 8000, True)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from twostage.config import EngineConfig
+from twostage.errors import InvalidArgument
+
+Precision = Literal["int8", "fp32"]
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_paths(name: str) -> tuple[Path, ...]:
+    raw = os.environ.get(name, "")
+    return tuple(Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip())
+
+
+def read_token(token_file: str | os.PathLike[str] | None = None) -> str | None:
+    """The bearer token: from ``token_file`` if given, else ``$TWOSTAGE_TOKEN`` (or None).
+
+    A file's surrounding whitespace is ignored (``echo secret > token`` works); an empty
+    file or variable is refused rather than read as "no token".
+
+    >>> read_token(None) is None or isinstance(read_token(None), str)
+    True
+    """
+    if token_file is not None:
+        path = Path(token_file).expanduser()
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise InvalidArgument(f"cannot read the token file {path}: {e.strerror}") from e
+        if not token:
+            raise InvalidArgument(f"the token file {path} is empty")
+        return token
+    env = os.environ.get("TWOSTAGE_TOKEN")
+    if env is None:
+        return None
+    if not env.strip():
+        raise InvalidArgument("TWOSTAGE_TOKEN is set but empty")
+    return env.strip()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """How ``twostage serve`` runs. Validated on construction; see :func:`create_app`.
+
+    Security: writes (``POST/DELETE /documents``) and model updates need ``Authorization:
+    Bearer <token>``; without a token the app refuses to start unless ``insecure_no_auth``.
+    ``protect_reads`` puts search, documents, models and metrics behind the token too.
+    Model folders offered for a swap must lie under one of ``model_roots``.
+    """
+
+    collection: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    insecure_no_auth: bool = False
+    protect_reads: bool = field(default_factory=lambda: _env_flag("TWOSTAGE_PROTECT_READS"))
+    model_roots: tuple[Path, ...] = field(
+        default_factory=lambda: _env_paths("TWOSTAGE_MODEL_ROOTS")
+    )
+    #: The reranker at start: a built-in name, a folder under a model root, or None for the
+    #: shipped default where this install has one ("none": first stage only until a PUT).
+    reranker: str | None = None
+    reranker_precision: Precision = "int8"
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    #: Cross-request batching of reranker pairs (one queue, one worker).
+    batching: bool = True
+    batch_max_pairs: int = 64
+    batch_wait_ms: float = 2.0
+    #: Threads that run searches and writes (the event loop never runs inference).
+    workers: int = 4
+    max_body_bytes: int = 1 << 20
+    max_batch_docs: int = 256
+    #: A JSONL validation set for model updates: {"query", "documents": [{"text",
+    #: "relevance"}]} per line; a candidate whose NDCG@10 on it is below the floor is refused.
+    validation_set: Path | None = None
+    ndcg_floor: float | None = None
+    #: Poll the active model's folder and reload it when its files change (opt-in).
+    watch_models: bool = False
+    watch_interval_s: float = 2.0
+    #: Model update records kept for GET /models.
+    history: int = 20
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "collection", Path(self.collection))
+        roots = tuple(Path(r).expanduser().resolve() for r in self.model_roots)
+        object.__setattr__(self, "model_roots", roots)
+        if self.validation_set is not None:
+            object.__setattr__(self, "validation_set", Path(self.validation_set))
+        if not 0 <= self.port <= 65535:
+            raise InvalidArgument(f"port must be in 0..65535, not {self.port}")
+        if self.token is not None and len(self.token) < 8:
+            raise InvalidArgument("the token must be at least 8 characters")
+        if self.reranker_precision not in ("int8", "fp32"):
+            raise InvalidArgument(
+                f"reranker_precision must be int8 or fp32, not {self.reranker_precision!r}"
+            )
+        for name in ("batch_max_pairs", "workers", "max_body_bytes", "max_batch_docs", "history"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.batch_wait_ms < 0 or self.watch_interval_s <= 0:
+            raise InvalidArgument("batch_wait_ms must be >= 0 and watch_interval_s > 0")
+        if self.ndcg_floor is not None and not 0.0 <= self.ndcg_floor <= 1.0:
+            raise InvalidArgument(f"ndcg_floor must be in 0..1, not {self.ndcg_floor}")
+        if self.ndcg_floor is not None and self.validation_set is None:
+            raise InvalidArgument("ndcg_floor needs a validation_set to measure it on")
+        if self.token is None and not self.insecure_no_auth:
+            raise InvalidArgument(
+                "no token for the write and admin endpoints: set TWOSTAGE_TOKEN or pass "
+                "--token-file FILE (or, on a trusted machine, --insecure-no-auth)"
+            )
+        if self.insecure_no_auth and self.host not in LOOPBACK:
+            raise InvalidArgument(
+                f"--insecure-no-auth serves only loopback addresses, not {self.host}: "
+                "set a token to listen on other interfaces"
+            )
+
+    @property
+    def auth(self) -> bool:
+        """Whether write and admin endpoints check the token."""
+        return self.token is not None
+
+
+__all__ = ["LOOPBACK", "Precision", "ServerSettings", "read_token"]
