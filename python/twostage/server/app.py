@@ -218,8 +218,9 @@ class Service:
             on_update=lambda result: self.metrics.model_updates.labels(result=result).inc(),
         )
         if rr is not None and spec:
-            self.registry.validate(rr)  # the operator's model passes the same checks
-            self.registry.adopt(rr, spec, s.reranker_precision, load_ms)
+            # The operator's model passes the same golden-set check (the floor only warns).
+            figures = self.registry.validate(rr, enforce_floor=False)
+            self.registry.adopt(rr, spec, s.reranker_precision, load_ms, figures)
         self.metrics.live(self.live)
         log.info(
             "ready in %.1f s: %d documents, reranker %s, batching %s",
@@ -305,18 +306,36 @@ class Edge:
                 await _send_error(send, BodyTooLarge(limit))
                 return
             seen = 0
+            too_large = False
 
             async def limited_receive() -> Message:
-                nonlocal seen
+                nonlocal seen, too_large
                 msg = await receive()
                 if msg["type"] == "http.request":
                     seen += len(msg.get("body", b""))
                     if seen > limit:
+                        too_large = True
                         raise BodyTooLarge(limit)
                 return msg
 
+            refusal = _error_response(BodyTooLarge(limit))
+
             async def send_with_headers(msg: Message) -> None:
                 nonlocal status
+                if too_large:
+                    # The framework turns an error raised while it reads the body into its
+                    # own 400; the client must see why: answer 413 with the envelope.
+                    if msg["type"] == "http.response.start":
+                        status = 413
+                        msg = {
+                            "type": "http.response.start",
+                            "status": 413,
+                            "headers": refusal.raw_headers,
+                        }
+                    elif msg["type"] == "http.response.body":
+                        if msg.get("more_body", False):
+                            return
+                        msg = {"type": "http.response.body", "body": refusal.body}
                 if msg["type"] == "http.response.start":
                     status = int(msg["status"])
                     headers = list(msg.get("headers", []))
