@@ -99,6 +99,7 @@ def test_type_a_query_and_see_results(
     assert "reranked by ce@" in summary and "10 hits" in summary
     cells = browser.find_elements(By.CSS_SELECTOR, "#timings td")
     assert [c.get_attribute("data-stage") for c in cells] == [
+        "queue",
         "encode",
         "ann",
         "fetch",

@@ -203,8 +203,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--precision", default="int8", choices=["int8", "fp32"])
     sv.add_argument("--no-batching", action="store_true", help="no cross-request batching")
-    sv.add_argument("--batch-max-pairs", type=int, default=64)
-    sv.add_argument("--batch-wait-ms", type=float, default=2.0)
+    sv.add_argument("--batch-max-pairs", type=int, default=16, help="pairs per reranker run")
+    sv.add_argument("--batch-wait-ms", type=float, default=2.0, help="wait for more requests")
+    sv.add_argument("--batch-workers", type=int, default=2, help="threads running batches")
     sv.add_argument("--workers", type=int, default=4, help="search threads")
     sv.add_argument("--depth", type=int, default=None, help="default rerank depth")
     sv.add_argument("--budget-ms", type=float, default=None, help="default search deadline")
@@ -518,6 +519,7 @@ def _serve(args: argparse.Namespace) -> int:
         batching=not args.no_batching,
         batch_max_pairs=args.batch_max_pairs,
         batch_wait_ms=args.batch_wait_ms,
+        batch_workers=args.batch_workers,
         workers=args.workers,
         max_body_bytes=args.max_body_bytes,
         max_batch_docs=args.max_batch_docs,

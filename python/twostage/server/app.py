@@ -53,7 +53,7 @@ from twostage import __version__
 from twostage._models import BUILTINS
 from twostage.collection import Collection
 from twostage.document import Document
-from twostage.engine import Engine
+from twostage.engine import Engine, SearchResponse
 from twostage.reranker import Reranker
 from twostage.server.batching import Batcher
 from twostage.server.errors import STATUS_CODES, ApiError, BodyTooLarge, from_library
@@ -103,6 +103,7 @@ class HitOut(BaseModel):
 
 
 class TimingsOut(BaseModel):
+    queue: float = Field(description="waiting for a search thread (counts against the budget)")
     encode: float
     ann: float
     fetch: float
@@ -208,6 +209,7 @@ class Service:
             self.batcher = Batcher(
                 max_pairs=s.batch_max_pairs,
                 max_wait_ms=s.batch_wait_ms,
+                workers=s.batch_workers,
                 grace_ms=s.engine.cancel_grace_ms,
                 on_batch=self.metrics.observe_batch,
             )
@@ -500,18 +502,27 @@ def create_app(settings: ServerSettings) -> FastAPI:
         the answer keeps first-stage order for what was not scored and says ``degraded``."""
         eng, col, _ = service.need()
         _check_search(body, settings)
-        resp = await service.run(
-            service.search_pool,
-            eng.search,
-            body.query,
-            body.k,
-            body.depth,
-            body.budget_ms,
-            body.rerank,
-            body.filter,
-        )
+        arrived = time.perf_counter()
+        budget = settings.engine.budget_ms if body.budget_ms is None else body.budget_ms
+        waited: list[float] = [0.0]
+
+        def run_search() -> SearchResponse:
+            # The deadline counts from the request's arrival: time spent waiting for a
+            # search thread (a burst of clients) comes out of its budget.
+            waited[0] = (time.perf_counter() - arrived) * 1000.0
+            return eng.search(
+                body.query,
+                body.k,
+                body.depth,
+                max(0.0, budget - waited[0]),
+                body.rerank,
+                body.filter,
+            )
+
+        resp = await service.run(service.search_pool, run_search)
         metrics.observe_search(resp)
         out = resp.to_dict()
+        out["timings"]["queue"] = waited[0]
         rr = eng.reranker
         out["models"] = {
             "encoder": f"{col.encoder.name}@{col.encoder.fingerprint}",

@@ -5,7 +5,9 @@ searches each running their own small batches pay per-call overhead and fight ov
 same cores (N onnxruntime calls x their intra-op threads). The :class:`Batcher` puts every
 request's pairs on one queue; one worker thread forms batches from the heads of the
 requests in earliest-deadline-first order, up to ``max_pairs`` pairs or ``max_wait_ms``
-after the oldest request arrived, runs them, and hands each request its scores.
+after the oldest request arrived, runs them, and hands each request its scores. ``workers``
+threads (default 2) take batches from the queue, so two runs can share the cores: measured
+here, one onnxruntime run does not keep 2 cores busy (benches/load.py).
 
 What the engine promises still holds per request:
 
@@ -56,6 +58,7 @@ class _Job:
     reason: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
     closed: bool = False  # the requester stopped waiting: write nothing more
+    inflight: int = 0  # its batches being run now (several workers may hold one each)
 
     @property
     def remaining(self) -> int:
@@ -73,6 +76,7 @@ class Batcher:
         split_saving: split a batch in two length-sorted runs when that saves at least this
             share of the padded tokens (short and long pairs are padded apart).
         on_batch: a hook for metrics, called from the worker after each run.
+        workers: threads that run batches (each may hold one batch at a time).
     """
 
     def __init__(
@@ -83,9 +87,10 @@ class Batcher:
         grace_ms: float = 50.0,
         split_saving: float = 0.25,
         on_batch: BatchHook | None = None,
+        workers: int = 2,
     ) -> None:
-        if max_pairs < 1:
-            raise ValueError(f"max_pairs must be >= 1, not {max_pairs}")
+        if max_pairs < 1 or workers < 1:
+            raise ValueError(f"max_pairs and workers must be >= 1, not {max_pairs}, {workers}")
         if max_wait_ms < 0 or grace_ms < 0:
             raise ValueError("max_wait_ms and grace_ms must be >= 0")
         self.max_pairs = max_pairs
@@ -100,10 +105,12 @@ class Batcher:
         self._closing = False
         self.batches = 0
         self.pairs_run = 0
-        self._thread = threading.Thread(
-            target=self._worker, name="twostage-rerank-batcher", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._worker, name=f"twostage-rerank-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
 
     # ---- the requester's side ----
     def score_pairs(
@@ -195,7 +202,8 @@ class Batcher:
                 # Not even its next pair alone fits: the engine's budget cut-off.
                 job.reason = f"budget: {job.remaining} of {len(job.pairs)} pairs not scored"
                 job.next = len(job.pairs)
-                job.done.set()
+                if job.inflight == 0:  # else the worker running its last batch finishes it
+                    job.done.set()
                 continue
             while take > 0:
                 width = max(longest, *(len(ids[i]) for i in range(job.next, job.next + take)))
@@ -209,6 +217,7 @@ class Batcher:
                 rows.append((job, i))
                 longest = max(longest, len(ids[i]))
             job.next += take
+            job.inflight += 1
             earliest = min(earliest, job.deadline)
         for job in jobs:  # scheduled in full: leaves the queue (its scores come back later)
             if job.remaining == 0 and job in self._pending:
@@ -276,9 +285,9 @@ class Batcher:
                     job.next = len(job.pairs)
                     if job in self._pending:
                         self._pending.remove(job)
-                # One worker: this batch was the job's last in flight, so when nothing of
-                # it is left to schedule, it is complete.
-                if job.remaining == 0:
+                job.inflight -= 1
+                # Complete when nothing is left to schedule and no other batch of it runs.
+                if job.remaining == 0 and job.inflight == 0:
                     job.done.set()
 
     # ---- lifecycle ----
@@ -292,7 +301,8 @@ class Batcher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        for t in self._threads:
+            t.join(timeout)
 
 
 __all__ = ["BatchHook", "Batcher"]

@@ -86,8 +86,10 @@ class ServerSettings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     #: Cross-request batching of reranker pairs (one queue, one worker).
     batching: bool = True
-    batch_max_pairs: int = 64
+    batch_max_pairs: int = 16
     batch_wait_ms: float = 2.0
+    #: Threads running reranker batches from the shared queue.
+    batch_workers: int = 2
     #: Threads that run searches and writes (the event loop never runs inference).
     workers: int = 4
     max_body_bytes: int = 1 << 20
@@ -116,7 +118,14 @@ class ServerSettings:
             raise InvalidArgument(
                 f"reranker_precision must be int8 or fp32, not {self.reranker_precision!r}"
             )
-        for name in ("batch_max_pairs", "workers", "max_body_bytes", "max_batch_docs", "history"):
+        for name in (
+            "batch_max_pairs",
+            "batch_workers",
+            "workers",
+            "max_body_bytes",
+            "max_batch_docs",
+            "history",
+        ):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be >= 1, not {getattr(self, name)}")
         if self.batch_wait_ms < 0 or self.watch_interval_s <= 0:
