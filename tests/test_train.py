@@ -260,6 +260,12 @@ def test_exported_onnx_matches_pytorch(trained: dict) -> None:
     got8 = np.concatenate([int8.score(q, [d]) for q, d in pairs])
     assert np.corrcoef(got8, ref)[0, 1] > 0.98
     assert (out / "model_int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size / 3
+    # The mean-pooling checkpoint is not a BertForSequenceClassification: loading it as one
+    # (the [CLS] head) must fail, not score wrong.
+    from twostage.errors import InvalidModel
+
+    with pytest.raises(InvalidModel, match="pooler"):
+        Reranker.load(ck, precision="fp32")
 
 
 # ---- the shipped default (no PyTorch) --------------------------------------------------------
@@ -274,14 +280,15 @@ def test_shipped_reranker_ranks_scifact_positives_above_random_documents() -> No
     queries, corpus, pos = _scifact_1k()
     rng = random.Random(0)
     ids = sorted(corpus)
-    wins = 0
-    qs = sorted(pos)[:12]
-    for q in qs:
+    ranks = []
+    for q in sorted(pos)[:12]:
         p = sorted(pos[q])[0]
         others = [d for d in rng.sample(ids, 20) if d not in pos[q]]
         s = rr.score(queries[q], [corpus[p]] + [corpus[d] for d in others])
-        wins += int(s[0] > np.max(s[1:]))
-    assert wins >= 10, f"positive ranked first in only {wins}/{len(qs)} queries"
+        ranks.append(int((s[1:] > s[0]).sum()) + 1)
+    # Chance gives a mean reciprocal rank of ~0.17 among ~20 candidates.
+    mrr = float(np.mean([1 / r for r in ranks]))
+    assert mrr > 0.6, f"positive ranks {ranks}"
 
 
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="no shipped reranker in python/twostage/models")

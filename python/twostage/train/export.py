@@ -166,6 +166,9 @@ def export_folder(
             os.replace(f32, dst / "model.onnx")
     shutil.copy(src / "tokenizer.json", dst / "tokenizer.json")
     (dst / "twostage.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    for f in dst.iterdir():
+        if f.is_file():
+            f.chmod(0o644)  # temp files are created 0600
     return dst
 
 

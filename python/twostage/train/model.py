@@ -50,8 +50,11 @@ class CrossEncoderConfig:
 
     def to_hf(self) -> dict[str, Any]:
         """A ``config.json`` for BertForSequenceClassification with one label."""
+        arch = "BertForSequenceClassification"
+        if self.twostage_pooling == "mean":
+            arch = "TwostageMeanPoolCrossEncoder"  # not a transformers class: export it
         return {
-            "architectures": ["BertForSequenceClassification"],
+            "architectures": [arch],
             "model_type": "bert",
             "hidden_act": "gelu",
             "position_embedding_type": "absolute",
@@ -166,9 +169,16 @@ def hf_name(name: str) -> str:
 
 
 def to_hf_state(model: BertCrossEncoder) -> dict[str, np.ndarray]:
-    """float32 numpy weights under Hugging Face names."""
+    """float32 numpy weights under Hugging Face names.
+
+    A mean-pooling model has no pooler: its weights are left out, so a loader that would
+    apply BertForSequenceClassification's [CLS] head fails loudly instead of scoring wrong.
+    """
+    mean = model.config.twostage_pooling == "mean"
     return {
-        hf_name(k): v.detach().float().cpu().numpy().copy() for k, v in model.state_dict().items()
+        hf_name(k): v.detach().float().cpu().numpy().copy()
+        for k, v in model.state_dict().items()
+        if not (mean and k.startswith("pooler."))
     }
 
 
