@@ -4,11 +4,14 @@ cross-request batching, a hammer of searches during swaps, and the real server p
 The collection is 200 real passages (the stdlib docs) embedded by MiniLM (int8); the
 rerankers are small random cross-encoders (tests/tinyce.py, fp32: scores do not depend on
 what else is in a batch, so answers can be checked pair for pair against the model alone).
+Each app runs on real uvicorn on 127.0.0.1 in a thread (lifespan included) and is called over
+HTTP with httpx; one test starts the ``twostage serve`` process itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -28,25 +31,65 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="needs the server extra (fastapi)")
-httpx = pytest.importorskip("httpx", reason="needs httpx")
-uvicorn = pytest.importorskip("uvicorn", reason="needs uvicorn")
+pytest.importorskip("httpx", reason="needs httpx")
+pytest.importorskip("uvicorn", reason="needs uvicorn")
 
-from fastapi.testclient import TestClient  # noqa: E402
-from safetensors.numpy import load_file, save_file  # noqa: E402
-from tinyce import MINILM_DIR, random_cross_encoder  # noqa: E402
-from twostage.collection import Collection  # noqa: E402
-from twostage.config import EngineConfig  # noqa: E402
-from twostage.encoder import Encoder  # noqa: E402
-from twostage.errors import InvalidArgument  # noqa: E402
-from twostage.reranker import Pairs, Reranker  # noqa: E402
-from twostage.server import Batcher, ServerSettings, create_app, read_token  # noqa: E402
-from twostage.server.models import ndcg_at_10  # noqa: E402
-from twostage.sources import stdlib_docs  # noqa: E402
+import httpx
+import uvicorn
+from safetensors.numpy import load_file, save_file
+from tinyce import MINILM_DIR, random_cross_encoder
+from twostage.collection import Collection
+from twostage.config import EngineConfig
+from twostage.encoder import Encoder
+from twostage.errors import InvalidArgument
+from twostage.reranker import Pairs, Reranker
+from twostage.server import Batcher, ServerSettings, create_app, read_token
+from twostage.server.models import ndcg_at_10
+from twostage.sources import stdlib_docs
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 QUERY = "how do I compress data with gzip"
 QUERIES = ["read a csv file", "spawn a subprocess", "parse json", "regular expression groups"]
+
+
+# ---- a real server in a thread -----------------------------------------------------------
+
+
+class ServerThread:
+    """A real uvicorn server on 127.0.0.1 (a free port), in a thread of this process."""
+
+    def __init__(self, app: Any) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.thread = threading.Thread(
+            target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])), daemon=True
+        )
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def serve(cfg: ServerSettings) -> Iterator[httpx.Client]:
+    """The app for ``cfg`` on uvicorn on loopback, and a client for it."""
+    with ServerThread(create_app(cfg)) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        yield c
 
 
 # ---- fixtures ----------------------------------------------------------------------------
@@ -103,11 +146,11 @@ def col(tmp_path: Path, built: Path) -> Path:
 @pytest.fixture(scope="module")
 def shared(
     tmp_path_factory: pytest.TempPathFactory, built: Path, roots: Path
-) -> Iterator[TestClient]:
+) -> Iterator[httpx.Client]:
     """One app for the read-only tests (nothing here changes its documents or models)."""
     path = tmp_path_factory.mktemp("shared") / "col"
     shutil.copytree(built, path)
-    with TestClient(create_app(settings(path, roots))) as client:
+    with serve(settings(path, roots)) as client:
         yield client
 
 
@@ -116,8 +159,8 @@ def versions(roots: Path) -> dict[str, str]:
     return {name: Reranker.load(roots / name, precision="fp32").version for name in ("ce1", "ce2")}
 
 
-def envelope(resp: httpx.Response, status: int, code: str) -> str:
-    """Check the one error shape; returns the message."""
+def envelope(resp: Any, status: int, code: str) -> str:
+    """Check the one error shape (an httpx response, or the test client's); returns the message."""
     assert resp.status_code == status, resp.text
     body = resp.json()
     assert set(body) == {"error"} and {"code", "message"} <= set(body["error"]), body
@@ -129,7 +172,7 @@ def envelope(resp: httpx.Response, status: int, code: str) -> str:
 # ---- reads -------------------------------------------------------------------------------
 
 
-def test_search_answer(shared: TestClient, versions: dict[str, str]) -> None:
+def test_search_answer(shared: httpx.Client, versions: dict[str, str]) -> None:
     r = shared.post("/search", json={"query": QUERY, "k": 5, "depth": 20})
     assert r.status_code == 200
     body = r.json()
@@ -164,11 +207,11 @@ def test_search_answer(shared: TestClient, versions: dict[str, str]) -> None:
         ({"query": "q", "filter": "lang=en"}, "invalid_request"),
     ],
 )
-def test_bad_search_requests(shared: TestClient, body: dict[str, Any], code: str) -> None:
+def test_bad_search_requests(shared: httpx.Client, body: dict[str, Any], code: str) -> None:
     envelope(shared.post("/search", json=body), 422, code)
 
 
-def test_error_envelope_everywhere(shared: TestClient) -> None:
+def test_error_envelope_everywhere(shared: httpx.Client) -> None:
     bad_json = shared.post(
         "/search", content=b'{"query": ', headers={"content-type": "application/json"}
     )
@@ -189,7 +232,7 @@ def test_error_envelope_everywhere(shared: TestClient) -> None:
     envelope(shared.get("/documents/no-such-id"), 404, "not_found")
 
 
-def test_health_ready_metrics_docs_page(shared: TestClient, versions: dict[str, str]) -> None:
+def test_health_ready_metrics_docs_page(shared: httpx.Client, versions: dict[str, str]) -> None:
     assert shared.get("/healthz").json()["status"] == "ok"
     ready = shared.get("/readyz").json()
     assert ready["status"] == "ready" and ready["documents"] == 200 and ready["batching"]
@@ -233,7 +276,7 @@ def test_health_ready_metrics_docs_page(shared: TestClient, versions: dict[str, 
 
 
 def test_documents_crud_and_tokens(col: Path, roots: Path) -> None:
-    with TestClient(create_app(settings(col, roots, max_batch_docs=4))) as c:
+    with serve(settings(col, roots, max_batch_docs=4)) as c:
         doc = {
             "id": "note/1",
             "title": "Zstandard",
@@ -273,7 +316,7 @@ def test_documents_crud_and_tokens(col: Path, roots: Path) -> None:
 
 
 def test_protected_reads(col: Path, roots: Path) -> None:
-    with TestClient(create_app(settings(col, roots, protect_reads=True))) as c:
+    with serve(settings(col, roots, protect_reads=True)) as c:
         envelope(c.post("/search", json={"query": QUERY}), 401, "unauthorized")
         envelope(c.get("/metrics"), 401, "unauthorized")
         envelope(c.get("/models"), 401, "unauthorized")
@@ -308,7 +351,7 @@ def test_refuses_to_start_without_a_token(tmp_path: Path, monkeypatch: pytest.Mo
 def test_model_updates_validate_swap_and_roll_back(
     col: Path, roots: Path, versions: dict[str, str]
 ) -> None:
-    with TestClient(create_app(settings(col, roots))) as c:
+    with serve(settings(col, roots)) as c:
 
         def serving() -> str:
             return str(
@@ -382,7 +425,7 @@ def test_ndcg_floor_refuses_a_model(col: Path, roots: Path, tmp_path: Path) -> N
         )
     vs = tmp_path / "validation.jsonl"
     vs.write_text("\n".join(json.dumps(x) for x in lines))
-    with TestClient(create_app(settings(col, roots, validation_set=vs, ndcg_floor=0.999))) as c:
+    with serve(settings(col, roots, validation_set=vs, ndcg_floor=0.999)) as c:
         start = c.get("/models").json()["reranker"]["validation"]
         assert 0 <= start["ndcg@10"] < 0.999  # served anyway: the operator's own model
         msg = envelope(
@@ -401,7 +444,7 @@ def test_watched_folder_reloads(
     shutil.rmtree(watched, ignore_errors=True)
     shutil.copytree(roots / "ce1", watched)
     cfg = settings(col, roots, reranker=str(watched), watch_models=True, watch_interval_s=0.2)
-    with TestClient(create_app(cfg)) as c:
+    with serve(cfg) as c:
         before = c.get("/models").json()["reranker"]["version"]
         # Only the fingerprint of the files matters: replace them with ce2's weights.
         time.sleep(0.5)
@@ -504,35 +547,6 @@ def test_batcher_deadline_and_failures(rr1: Reranker, roots: Path) -> None:
 
 
 # ---- under load: the real server in a thread, many clients, swaps -------------------------
-
-
-class ServerThread:
-    """A real uvicorn server on 127.0.0.1 (a free port), in a thread of this process."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        self.thread = threading.Thread(
-            target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])), daemon=True
-        )
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
 
 
 def test_hammer_searches_during_swaps(col: Path, roots: Path, versions: dict[str, str]) -> None:
