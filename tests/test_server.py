@@ -330,6 +330,8 @@ def test_refuses_to_start_without_a_token(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(InvalidArgument, match="loopback"):
         ServerSettings(collection=tmp_path, insecure_no_auth=True, host="0.0.0.0")
     assert ServerSettings(collection=tmp_path, insecure_no_auth=True).token is None
+    with pytest.raises(InvalidArgument, match="protect_reads needs a token"):
+        ServerSettings(collection=tmp_path, insecure_no_auth=True, protect_reads=True)
     with pytest.raises(InvalidArgument, match="at least 8"):
         ServerSettings(collection=tmp_path, token="short")
     monkeypatch.setenv("TWOSTAGE_TOKEN", " from-the-env-123 ")

@@ -6,14 +6,16 @@ write, which model folders may be loaded, how requests are batched and bounded. 
 environment variables are read here and only here.
 
 >>> from twostage.server.settings import ServerSettings
->>> s = ServerSettings(collection="docs/", token="s3cret")
+>>> s = ServerSettings(collection="docs/", token="s3cret-token")
 >>> s.host, s.port, s.batching
 ('127.0.0.1', 8000, True)
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,6 +25,7 @@ from twostage.errors import InvalidArgument
 
 Precision = Literal["int8", "fp32"]
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+log = logging.getLogger("twostage.server")
 
 
 def _env_flag(name: str) -> bool:
@@ -51,6 +54,8 @@ def read_token(token_file: str | os.PathLike[str] | None = None) -> str | None:
             raise InvalidArgument(f"cannot read the token file {path}: {e.strerror}") from e
         if not token:
             raise InvalidArgument(f"the token file {path} is empty")
+        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("the token file %s is readable by other users: chmod 600 it", path)
         return token
     env = os.environ.get("TWOSTAGE_TOKEN")
     if env is None:
@@ -139,6 +144,8 @@ class ServerSettings:
                 "no token for the write and admin endpoints: set TWOSTAGE_TOKEN or pass "
                 "--token-file FILE (or, on a trusted machine, --insecure-no-auth)"
             )
+        if self.protect_reads and self.token is None:
+            raise InvalidArgument("protect_reads needs a token (it cannot go with no auth)")
         if self.insecure_no_auth and self.host not in LOOPBACK:
             raise InvalidArgument(
                 f"--insecure-no-auth serves only loopback addresses, not {self.host}: "
