@@ -111,7 +111,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 def cmd_latency(a: argparse.Namespace) -> None:
     from twostage.train.evaluate import latency
 
-    print(json.dumps(latency(a.model, _ints(a.pairs), max_length=a.max_length), indent=2))
+    res = latency(a.model, _ints(a.pairs), max_length=a.max_length, repeats=a.repeats)
+    print(json.dumps(res, indent=2))
 
 
 def cmd_report(a: argparse.Namespace) -> None:
@@ -207,8 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--json", type=Path, default=None)
     v.set_defaults(fn=cmd_evaluate)
 
-    t = sub.add_parser("latency", help="time scoring N pairs with a reranker (SciFact texts)")
-    t.add_argument("--model", required=True)
+    t = sub.add_parser("latency", help="time scoring N pairs with rerankers (SciFact texts)")
+    t.add_argument("--model", required=True, nargs="+", help="one or more (timed interleaved)")
+    t.add_argument("--repeats", type=int, default=7)
     t.add_argument("--pairs", default="10,20,50,100")
     t.add_argument("--max-length", type=int, default=None)
     t.set_defaults(fn=cmd_latency)

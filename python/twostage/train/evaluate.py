@@ -222,7 +222,7 @@ def _public(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def latency(
-    model: str,
+    models: str | Sequence[str],
     pairs: Sequence[int] = (10, 20, 50, 100),
     *,
     max_length: int | None = None,
@@ -230,31 +230,42 @@ def latency(
     threads: int | None = None,
     data: Path | None = None,
 ) -> dict[str, Any]:
-    """Median milliseconds for ``score_tokens`` over N pre-tokenised SciFact abstracts.
+    """p50 and min milliseconds of ``score_tokens`` over N pre-tokenised SciFact abstracts.
 
-    The query is tokenised per call, documents are not (as a collection stores them).
+    Several models are timed interleaved (each repeat runs every model in turn), so a
+    machine whose load changes affects them alike and their ratios stay meaningful. The
+    query is tokenised per call, documents are not (as a collection stores them).
     """
     from twostage.reranker import Reranker
     from twostage.train.data import SHARED, read_jsonl
 
-    rr = Reranker.load(model, max_length=max_length, threads=threads)
+    specs = [models] if isinstance(models, str) else list(models)
+    rrs = [Reranker.load(m, max_length=max_length, threads=threads) for m in specs]
     folder = Path(data or SHARED / "data" / "scifact")
-    docs = [
-        r["text"]
-        for _, r in zip(range(max(pairs) * 2), read_jsonl(folder / "corpus.jsonl"), strict=False)
-    ]
-    toks = rr.tokenize_documents(docs)
+    rows = zip(range(max(pairs) * 4), read_jsonl(folder / "corpus.jsonl"), strict=False)
+    docs = [r["text"] for _, r in rows]
+    toks = [rr.tokenize_documents(docs) for rr in rrs]
     query = "Vitamin D deficiency is associated with a higher risk of respiratory infection."
-    rr.score_tokens(query, toks[:32])
-    out: dict[str, Any] = {"model": rr.version, "max_length": rr.max_length, "ms": {}}
-    for n in pairs:
-        ts = []
-        for r in range(repeats):
-            off = (r * 7) % max(1, len(toks) - n)
-            t = time.perf_counter()
-            rr.score_tokens(query, toks[off : off + n])
-            ts.append(time.perf_counter() - t)
-        out["ms"][str(n)] = round(1000 * float(np.median(ts)), 1)
+    for rr, tk in zip(rrs, toks, strict=True):
+        rr.score_tokens(query, tk[:32])
+    times: list[dict[int, list[float]]] = [{n: [] for n in pairs} for _ in rrs]
+    for r in range(repeats):
+        for n in pairs:
+            off = (r * 37) % max(1, len(docs) - n)
+            for k, (rr, tk) in enumerate(zip(rrs, toks, strict=True)):
+                t = time.perf_counter()
+                rr.score_tokens(query, tk[off : off + n])
+                times[k][n].append(1000 * (time.perf_counter() - t))
+    out: dict[str, Any] = {"repeats": repeats, "models": []}
+    for rr, tm in zip(rrs, times, strict=True):
+        out["models"].append(
+            {
+                "model": rr.version,
+                "max_length": rr.max_length,
+                "p50_ms": {str(n): round(float(np.median(v)), 1) for n, v in tm.items()},
+                "min_ms": {str(n): round(float(np.min(v)), 1) for n, v in tm.items()},
+            }
+        )
     return out
 
 

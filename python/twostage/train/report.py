@@ -124,9 +124,10 @@ def markdown(res: dict[str, Any]) -> str:
         + ", ".join(f"depth {d}: {w[d]}" for d in depths)
     )
     if "latency" in res:
+        lat = res["latency"]["models"][0]["p50_ms"]
         lines.append(
-            "latency (ms, median, score_tokens): "
-            + ", ".join(f"{n} pairs {ms}" for n, ms in res["latency"]["ms"].items())
+            "latency (ms, p50, score_tokens): "
+            + ", ".join(f"{n} pairs {ms}" for n, ms in lat.items())
         )
     return "\n".join(lines)
 
