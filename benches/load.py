@@ -71,6 +71,7 @@ class Cell:
     torn: int = 0  # answers whose hits name more than one reranker version
     swaps_ok: int = 0
     swaps_failed: int = 0
+    swap_ms: list[float] = field(default_factory=list)
     batch_pairs_mean: float | None = None
     batch_requests_mean: float | None = None
 
@@ -260,15 +261,19 @@ async def run_cell(
             assert swap_to is not None
             i = 0
             headers = {"Authorization": f"Bearer {srv.token}"}
-            while time.perf_counter() + args.swap_every < stop_at:
-                await asyncio.sleep(args.swap_every)
-                name = swap_to[i % 2]
-                i += 1
-                r = await client.put("/models/reranker", json={"path": name}, headers=headers)
-                if r.status_code == 200:
-                    cell.swaps_ok += 1
-                else:
-                    cell.swaps_failed += 1
+            # Its own connection: the clients keep every pooled one busy.
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60, headers=headers) as admin:
+                while time.perf_counter() + args.swap_every < stop_at:
+                    await asyncio.sleep(args.swap_every)
+                    name = swap_to[i % 2]
+                    i += 1
+                    t0 = time.perf_counter()
+                    r = await admin.put("/models/reranker", json={"path": name})
+                    cell.swap_ms.append((time.perf_counter() - t0) * 1000.0)
+                    if r.status_code == 200:
+                        cell.swaps_ok += 1
+                    else:
+                        cell.swaps_failed += 1
 
         t0 = time.perf_counter()
         tasks = [asyncio.create_task(worker(n)) for n in range(cell.clients)]
@@ -298,6 +303,8 @@ def table(cells: list[Cell]) -> str:
     ]
     for c in cells:
         swap = f"{c.swaps_ok} swaps" + (f", {c.swaps_failed} refused" if c.swaps_failed else "")
+        if c.swap_ms:
+            swap += f" ({statistics.fmean(c.swap_ms) / 1000:.1f} s each)"
         rows.append(
             f"| {'on' if c.batching else 'off'} | {'on' if c.rerank else 'off'} | {c.clients} "
             f"| {swap if c.swapping else '-'} | {c.requests} | {c.rps:.1f} | {c.pct(0.5):.1f} "
