@@ -301,3 +301,31 @@ def test_shipped_reranker_is_int8_only_and_small() -> None:
     assert sum(p.stat().st_size for p in SHIPPED.iterdir()) < 25 * 2**20
     with pytest.raises(ModelNotFound, match=r"model\.onnx"):
         Reranker.load("twostage-rerank", precision="fp32")
+
+
+@needs_torch
+def test_distill_student_learns_the_teachers_margins(trained: dict) -> None:
+    import torch
+    from twostage.train.distill import teacher_rows
+    from twostage.train.export import export_folder
+    from twostage.train.reranker import Trainer, margin_mse_loss, score_pairs
+
+    tr, rows, tmp = trained["trainer"], trained["rows"], trained["tmp"]
+    teacher = export_folder(tr.save_model(tmp / "teacher"), tmp / "teacher-onnx", fp32=False)
+    scored = teacher_rows(rows, str(teacher), neg_pool=3)
+    assert all(len(r["teacher"]) == 1 + len(r["negatives"]) for r in scored)
+    cfg = _cfg(tmp / "student", scored, layers=[0], steps=15, batch=4, lr=1e-3, dropout=0.0)
+    cfg.loss = "margin_mse"
+    student = Trainer(cfg)
+    group = 1 + cfg.negatives
+
+    def loss() -> float:
+        pairs = [(r["query"], d) for r in scored for d in [r["positive"], *r["negatives"]]]
+        s = torch.from_numpy(score_pairs(student.model, student.packer, pairs))
+        t = torch.tensor([x for r in scored for x in r["teacher"]])
+        return float(margin_mse_loss(s, t, group))
+
+    before = loss()
+    for _ in range(cfg.steps):
+        student.train_step()
+    assert loss() < 0.5 * before

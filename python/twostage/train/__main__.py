@@ -1,10 +1,14 @@
-"""``python -m twostage.train {mine,reranker,export,evaluate,latency}``: see docs/training.md."""
+"""``python -m twostage.train {mine,reranker,distill,export,evaluate,report,latency}``.
+
+See docs/training.md.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def _ints(s: str) -> list[int]:
@@ -52,13 +56,13 @@ def cmd_mine(a: argparse.Namespace) -> None:
     (a.out / "mined_summary.json").write_text(json.dumps(summary, indent=2))
 
 
-def cmd_reranker(a: argparse.Namespace) -> None:
-    from twostage.train.reranker import TrainConfig, train
+def _train_config(a: argparse.Namespace) -> Any:
+    from twostage.train.reranker import TrainConfig
 
     data = sorted(a.data.glob("*.jsonl")) if a.data.is_dir() else [a.data]
     if a.sets:
         data = [p for p in data if p.stem in a.sets.split(",")]
-    cfg = TrainConfig(
+    return TrainConfig(
         data=data,
         out=a.out,
         init=a.init,
@@ -80,7 +84,20 @@ def cmd_reranker(a: argparse.Namespace) -> None:
         device=a.device,
         freeze_embeddings=not a.train_embeddings,
     )
-    print(json.dumps(train(cfg, resume=not a.no_resume), indent=2))
+
+
+def cmd_reranker(a: argparse.Namespace) -> None:
+    from twostage.train.reranker import train
+
+    print(json.dumps(train(_train_config(a), resume=not a.no_resume), indent=2))
+
+
+def cmd_distill(a: argparse.Namespace) -> None:
+    from twostage.train.distill import distill
+
+    a.layers = a.student_layers
+    cfg = _train_config(a)
+    print(json.dumps(distill(cfg, a.teacher, resume=not a.no_resume), indent=2))
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -161,32 +178,39 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(fn=cmd_mine)
 
+    def training_args(r: argparse.ArgumentParser) -> None:
+        r.add_argument("--data", type=Path, required=True, help="mined .jsonl or a folder of them")
+        r.add_argument("--sets", default=None, help="only these files (stems) from --data")
+        r.add_argument("--out", type=Path, required=True)
+        r.add_argument("--init", type=Path, default=None, help="BERT folder (default MiniLM-L6)")
+        r.add_argument("--steps", type=int, default=1000)
+        r.add_argument("--batch", type=int, default=4)
+        r.add_argument("--negatives", type=int, default=7)
+        r.add_argument("--neg-pool", type=int, default=20)
+        r.add_argument("--max-length", type=int, default=192)
+        r.add_argument("--lr", type=float, default=7e-5)
+        r.add_argument("--head-lr-mult", type=float, default=10.0)
+        r.add_argument("--pooling", default="mean", choices=["mean", "cls"])
+        r.add_argument("--seed", type=int, default=0)
+        r.add_argument("--bf16", action="store_true", help="bfloat16 autocast (AVX512-BF16/AMX)")
+        r.add_argument("--threads", type=int, default=2)
+        r.add_argument("--save-every", type=int, default=200)
+        r.add_argument("--max-minutes", type=float, default=None)
+        r.add_argument("--repeat", nargs="*", help="NAME=N: repeat a source's rows N times")
+        r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+        r.add_argument("--train-embeddings", action="store_true", help="also train word embeddings")
+        r.add_argument("--no-resume", action="store_true")
+
     r = sub.add_parser("reranker", help="train a cross-encoder (listwise) on mined JSONL")
-    r.add_argument("--data", type=Path, required=True, help="a mined .jsonl or a folder of them")
-    r.add_argument("--sets", default=None, help="only these files (stems) from --data")
-    r.add_argument("--out", type=Path, required=True)
-    r.add_argument("--init", type=Path, default=None, help="BERT folder (default all-MiniLM-L6-v2)")
+    training_args(r)
     r.add_argument("--layers", default=None, help="keep these layers, e.g. 0,1,2")
-    r.add_argument("--steps", type=int, default=1000)
-    r.add_argument("--batch", type=int, default=4)
-    r.add_argument("--negatives", type=int, default=7)
-    r.add_argument("--neg-pool", type=int, default=20)
-    r.add_argument("--max-length", type=int, default=192)
-    r.add_argument("--lr", type=float, default=7e-5)
-    r.add_argument("--head-lr-mult", type=float, default=10.0)
-    r.add_argument("--pooling", default="mean", choices=["mean", "cls"])
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument(
-        "--bf16", action="store_true", help="bfloat16 autocast (fast on AVX512-BF16/AMX)"
-    )
-    r.add_argument("--threads", type=int, default=2)
-    r.add_argument("--save-every", type=int, default=200)
-    r.add_argument("--max-minutes", type=float, default=None)
-    r.add_argument("--repeat", nargs="*", help="NAME=N: repeat a source's rows N times")
-    r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
-    r.add_argument("--train-embeddings", action="store_true", help="also train word embeddings")
-    r.add_argument("--no-resume", action="store_true")
     r.set_defaults(fn=cmd_reranker)
+
+    d = sub.add_parser("distill", help="train a smaller student on a teacher's margins")
+    training_args(d)
+    d.add_argument("--teacher", required=True, help="teacher reranker (folder or built-in)")
+    d.add_argument("--student-layers", default="0,1", help="MiniLM layers for the student")
+    d.set_defaults(fn=cmd_distill)
 
     e = sub.add_parser("export", help="checkpoint folder -> ONNX folder (int8, compact)")
     e.add_argument("checkpoint", type=Path)

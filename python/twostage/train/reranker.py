@@ -110,6 +110,7 @@ class TrainConfig:
     neg_pool: int = 20  # sample negatives from this many hardest
     max_length: int = 192
     lr: float = 7e-5
+    loss: str = "listwise"  # or "margin_mse" (rows with teacher scores: distillation)
     # "mean" pools the last layer like the bi-encoder it starts from, so the head sees
     # features that differ from pair to pair at step 0; MiniLM's [CLS] does not (it was
     # trained with mean pooling): a "cls" run sat at log(1 + negatives) for 40+ steps.
@@ -166,17 +167,42 @@ def group_indices(n_rows: int, step: int, batch: int, seed: int) -> list[int]:
     return out
 
 
-def step_pairs(rows: list[dict[str, Any]], step: int, cfg: TrainConfig) -> list[tuple[str, str]]:
-    """The (query, document) pairs of a step, group by group, positive first."""
+def step_batch(
+    rows: list[dict[str, Any]], step: int, cfg: TrainConfig
+) -> tuple[list[tuple[str, str]], np.ndarray | None]:
+    """The (query, document) pairs of a step, group by group, positive first, and the
+    teacher's scores for them ([groups, 1 + negatives]) where the rows carry ``teacher``
+    (one score for the positive, then one per negative, as :mod:`twostage.train.distill`
+    writes them)."""
     rng = np.random.default_rng([cfg.seed, 1_000_003, step])
     pairs: list[tuple[str, str]] = []
+    teacher: list[list[float]] = []
     for i in group_indices(len(rows), step, cfg.batch, cfg.seed):
         r = rows[i]
         pool = r["negatives"][: cfg.neg_pool]
+        if "teacher" in r:
+            pool = pool[: len(r["teacher"]) - 1]
         take = rng.choice(len(pool), size=cfg.negatives, replace=len(pool) < cfg.negatives)
         pairs.append((r["query"], r["positive"]))
         pairs.extend((r["query"], pool[j]) for j in take)
-    return pairs
+        if "teacher" in r:
+            teacher.append([r["teacher"][0], *(r["teacher"][1 + j] for j in take)])
+    if teacher and len(teacher) != cfg.batch:
+        raise ValueError("some rows carry teacher scores and some do not")
+    return pairs, (np.asarray(teacher, dtype=np.float32) if teacher else None)
+
+
+def step_pairs(rows: list[dict[str, Any]], step: int, cfg: TrainConfig) -> list[tuple[str, str]]:
+    """The (query, document) pairs of a step, group by group, positive first."""
+    return step_batch(rows, step, cfg)[0]
+
+
+def margin_mse_loss(logits: torch.Tensor, teacher: torch.Tensor, group: int) -> torch.Tensor:
+    """Margin-MSE (Hofstätter et al. 2020): the student's positive-minus-negative margins
+    regress on the teacher's, so only score differences have to match, not their scale."""
+    s = logits.float().view(-1, group)
+    t = teacher.float().view(-1, group)
+    return F.mse_loss(s[:, :1] - s[:, 1:], t[:, :1] - t[:, 1:])
 
 
 def listwise_loss(logits: torch.Tensor, group: int) -> torch.Tensor:
@@ -287,11 +313,17 @@ class Trainer:
     def train_step(self) -> float:
         self.model.train()
         cfg = self.cfg
-        feats = self.packer.batch(step_pairs(self.rows, self.step, cfg))
-        feats = {k: v.to(self.device) for k, v in feats.items()}
+        pairs, teacher = step_batch(self.rows, self.step, cfg)
+        feats = {k: v.to(self.device) for k, v in self.packer.batch(pairs).items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = self.model(**feats)
-        loss = listwise_loss(logits, 1 + cfg.negatives)
+        if cfg.loss == "margin_mse":
+            if teacher is None:
+                raise ValueError("loss 'margin_mse' needs rows with teacher scores (distill)")
+            t = torch.from_numpy(teacher).to(self.device)
+            loss = margin_mse_loss(logits, t, 1 + cfg.negatives)
+        else:
+            loss = listwise_loss(logits, 1 + cfg.negatives)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -405,7 +437,9 @@ __all__ = [
     "default_init",
     "listwise_eval",
     "listwise_loss",
+    "margin_mse_loss",
     "score_pairs",
+    "step_batch",
     "step_pairs",
     "train",
 ]
