@@ -310,3 +310,20 @@ def test_swaps_during_concurrent_searches_never_tear(
     assert not errors, errors[:5]
     assert seen == {rr_a.version, rr_b.version}
     assert eng.reranker_generation == generation + 30
+
+
+def test_fusion_orders_by_reranker_score_plus_weighted_similarity(
+    col: Collection, rr_a: Reranker
+) -> None:
+    eng = Engine(col, reranker=rr_a, config=unlimited(fusion_weight=20.0))
+    resp = eng.search(QUERY, k=30, depth=30)
+    assert all(h.reranked and h.reranker_score is not None for h in resp.hits)
+    for h in resp.hits:
+        assert h.score == pytest.approx(h.reranker_score + 20.0 * h.first_stage_score)
+    assert [h.score for h in resp.hits] == sorted((h.score for h in resp.hits), reverse=True)
+    plain = Engine(col, reranker=rr_a, config=unlimited(fusion_weight=0.0)).search(
+        QUERY, k=30, depth=30
+    )
+    assert all(h.score == h.reranker_score for h in plain.hits)
+    # The model's own setting applies when the config leaves it open (this one has none).
+    assert rr_a.fusion_weight is None

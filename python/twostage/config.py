@@ -65,6 +65,9 @@ class EngineConfig:
     #: A fixed reranker cost per padded token (ms) for the deadline, instead of the one
     #: measured at warm-up and updated after each batch: for predictable cut-offs.
     rerank_ms_per_token: float | None = None
+    #: Reranked hits are ordered by ``reranker score + fusion_weight * first-stage
+    #: similarity``. None: the reranker's own setting (its twostage.json ``fusion``), else 0.
+    fusion_weight: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -91,9 +91,11 @@ class LRUCache(Generic[K, V]):
 class Hit:
     """One result.
 
-    ``score`` is the reranker's score when ``reranked``, else the first-stage similarity
-    (``1 - distance`` for cos/ip, ``-distance`` for l2); the two scales differ, so compare
-    scores only among hits with the same ``reranked``.
+    ``score`` is the reranker's score when ``reranked`` (plus ``w`` times the first-stage
+    similarity when the model or the config asks for fusion, see
+    :attr:`EngineConfig.fusion_weight`), else the first-stage similarity (``1 - distance``
+    for cos/ip, ``-distance`` for l2); the scales differ, so compare scores only among hits
+    with the same ``reranked``.
     """
 
     id: str
@@ -105,6 +107,7 @@ class Hit:
     title: str
     snippet: str
     metadata: dict[str, Any] | None = None
+    reranker_score: float | None = None  # the model's own score, before any fusion
 
 
 @dataclass(frozen=True)
@@ -337,16 +340,22 @@ class Engine:
             notes.append("no reranker installed: first-stage order")
         t_rr = time.perf_counter()
 
+        final = scored
+        w = cfg.fusion_weight
+        if rr is not None and w is None:
+            w = rr.fusion_weight
+        if w:  # the model was trained to be read beside the first-stage similarity
+            final = {pos: s + w * first[pos] for pos, s in scored.items()}
         order = (
-            rerank_order(np.arange(len(docs), dtype=np.uint64), scored)
-            if scored
+            rerank_order(np.arange(len(docs), dtype=np.uint64), final)
+            if final
             else np.arange(len(docs))
         )
         hits = []
         for pos in order[:k]:
             pos = int(pos)
             d = docs[pos]
-            s = scored.get(pos)
+            s = final.get(pos)
             hits.append(
                 Hit(
                     id=d.id,
@@ -358,6 +367,7 @@ class Engine:
                     title=d.title,
                     snippet=_snippet(d.text, cfg.snippet_chars),
                     metadata=d.metadata,
+                    reranker_score=scored.get(pos),
                 )
             )
         t_end = time.perf_counter()

@@ -95,12 +95,29 @@ class Reranker(OnnxModel):
                 f"{[(o.name, o.shape) for o in outs]}"
             )
         self._output = out.name
+        self._settings = files.settings
 
     # ---- properties ----
     @property
     def version(self) -> str:
         """The model version hits report: ``name@fingerprint``."""
         return f"{self._name}@{self._fingerprint}"
+
+    @property
+    def fusion_weight(self) -> float | None:
+        """Weight of the first-stage similarity the model was tuned to be added to, if any.
+
+        From ``fusion.first_stage_weight`` in the model's twostage.json.
+        """
+        fusion = self._settings.get("fusion") or {}
+        w = fusion.get("first_stage_weight")
+        return None if w is None else float(w)
+
+    @property
+    def recommended_depth(self) -> int | None:
+        """The rerank depth the model's evaluation chose (twostage.json), if any."""
+        d = (self._settings.get("fusion") or {}).get("recommended_depth")
+        return None if d is None else int(d)
 
     def __repr__(self) -> str:
         return (
