@@ -131,7 +131,7 @@ def test_budget_scores_a_prefix_in_first_stage_order(col: Collection, rr_a: Rera
     eng = Engine(col, reranker=rr_a, config=EngineConfig(rerank_batch_size=8, score_cache_size=0))
     resp = eng.search("compression", k=1000, depth=1000, budget_ms=150)
     assert resp.degraded and (resp.degraded_reason or "").startswith("budget")
-    assert 0 < resp.scored < 1000 and resp.scored % 8 == 0
+    assert 0 < resp.scored < 1000
     assert resp.timings.total < 150 + 100  # it stopped at the budget, not after the work
     # Scored: the first candidates, in front; the rest keep their first-stage order.
     scored = [h for h in resp.hits if h.reranked]

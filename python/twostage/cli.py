@@ -139,7 +139,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("query")
     s.add_argument("-k", type=int, default=10, help="hits to return")
-    s.add_argument("--depth", type=int, default=100, help="candidates to rerank (0: none)")
+    s.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        help="candidates to rerank (0: none; default: the reranker's recommended depth, else 100)",
+    )
     s.add_argument("--budget-ms", type=float, default=150.0)
     s.add_argument("--no-rerank", action="store_true")
     s.add_argument(
@@ -424,7 +429,7 @@ def _search(args: argparse.Namespace) -> int:
     col = Collection.open(args.dir)
     spec = args.reranker if args.reranker is not None else default_reranker()
     reranker = None
-    if spec and spec != "none" and not args.no_rerank and args.depth > 0:
+    if spec and spec != "none" and not args.no_rerank and args.depth != 0:
         reranker = Reranker.load(spec)
     engine = Engine(col, reranker=reranker)
     load_s = time.perf_counter() - t0
@@ -432,7 +437,9 @@ def _search(args: argparse.Namespace) -> int:
         resp = engine.search(
             args.query,
             k=args.k,
-            depth=args.depth,
+            depth=args.depth
+            if args.depth is not None
+            else (reranker.recommended_depth if reranker else None),
             budget_ms=args.budget_ms,
             rerank=not args.no_rerank,
             filter=_parse_filter(args.filter),

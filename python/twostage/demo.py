@@ -76,7 +76,7 @@ def write_stdlib_corpus(path: Path, limit: int) -> int:
     return n
 
 
-def search_demo(passages: int, out: Path | None, questions: list[str], depth: int) -> None:
+def search_demo(passages: int, out: Path | None, questions: list[str], depth: int | None) -> None:
     from twostage._models import cache_home
     from twostage.cli import default_reranker, render
     from twostage.collection import Collection
@@ -111,7 +111,8 @@ def search_demo(passages: int, out: Path | None, questions: list[str], depth: in
         engine = Engine(col, reranker=reranker)
         for q in questions:
             print()
-            print(render(engine.search(q, k=5, depth=depth)))
+            d = depth if depth is not None else (reranker and reranker.recommended_depth) or 30
+            print(render(engine.search(q, k=5, depth=d)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
         description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--passages", type=int, default=2000, help="stdlib passages to index")
-    parser.add_argument("--depth", type=int, default=30, help="candidates to rerank")
+    parser.add_argument(
+        "--depth", type=int, default=None, help="candidates to rerank (default: the model's)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="where the collection goes")
     parser.add_argument("--query", action="append", help="ask this instead (repeatable)")
     parser.add_argument("--ann", action="store_true", help="also run the 100k ANN demo")

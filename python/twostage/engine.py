@@ -266,6 +266,7 @@ class Engine:
         t0 = time.perf_counter()
         raw = rr.run(batch)
         per_token = (time.perf_counter() - t0) / batch.tokens
+        _ = rr.vocab_fingerprint  # computed once here, not inside a search's budget
         if not np.isfinite(rr.postprocess(raw)).all():
             raise InvalidArgument(
                 f"reranker {rr.version} gives non-finite scores on a warm-up batch"
@@ -470,13 +471,20 @@ class Engine:
                 d = docs[pos]
                 self._score_cache.put((version, query, d.key, d.seq), s)
             return scored, cached, reason
-        for start in range(0, len(todo), bs):
+        start = 0
+        while start < len(todo):
             rows = list(range(start, min(start + bs, len(todo))))
-            batch = pad(rows, [pairs.ids[i] for i in rows], [pairs.type_ids[i] for i in rows])
+            # Shrink the batch to what the budget is predicted to hold, so a slow machine
+            # still scores its best candidates (and keeps measuring the model's real speed).
+            width = max(len(pairs.ids[i]) for i in rows)
             now = time.perf_counter()
-            if now + per_token * batch.tokens > deadline:
+            fit = int((deadline - now) / (per_token * width)) if per_token > 0 else len(rows)
+            if fit < 1:
                 left = len(todo) - start
                 return scored, cached, f"budget: {left} of {len(docs)} candidates not scored"
+            rows = rows[:fit]
+            start += len(rows)
+            batch = pad(rows, [pairs.ids[i] for i in rows], [pairs.type_ids[i] for i in rows])
             t = time.perf_counter()
             # Past the deadline plus a grace period the run is cancelled.
             cancel = _Cancel(deadline - now + self.config.cancel_grace_ms / 1000.0)
