@@ -80,6 +80,7 @@ def _train_config(a: argparse.Namespace) -> Any:
         threads=a.threads,
         save_every=a.save_every,
         max_minutes=a.max_minutes,
+        stop_at=a.stop_at,
         repeat=_repeat(a.repeat or []),
         device=a.device,
         freeze_embeddings=not a.train_embeddings,
@@ -196,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
         r.add_argument("--threads", type=int, default=2)
         r.add_argument("--save-every", type=int, default=200)
         r.add_argument("--max-minutes", type=float, default=None)
+        r.add_argument(
+            "--stop-at", type=int, default=None, help="stop at this step (schedule: --steps)"
+        )
         r.add_argument("--repeat", nargs="*", help="NAME=N: repeat a source's rows N times")
         r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
         r.add_argument("--train-embeddings", action="store_true", help="also train word embeddings")

@@ -126,6 +126,7 @@ class TrainConfig:
     save_every: int = 200
     log_every: int = 20
     max_minutes: float | None = None
+    stop_at: int | None = None  # stop at this step; the schedule still follows ``steps``
     repeat: dict[str, int] = field(default_factory=dict)  # source -> times its rows appear
     device: str = "auto"
 
@@ -347,6 +348,7 @@ class Trainer:
         start_step = self.step
         ema: float | None = None
         stopped = "steps"
+        until = until if until is not None else cfg.stop_at
         end = cfg.steps if until is None else min(until, cfg.steps)
         while self.step < end:
             loss = self.train_step()
