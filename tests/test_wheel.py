@@ -43,7 +43,13 @@ def test_wheel_installs_into_fresh_venv_and_searches(tmp_path: Path) -> None:
     (wheel,) = dist.glob("twostage-*.whl")
     assert "abi3" in wheel.name and "cp310" in wheel.name, wheel.name
     names = zipfile.ZipFile(wheel).namelist()
-    for expected in ("twostage/_core.abi3.so", "twostage/_core.pyi", "twostage/py.typed"):
+    for expected in (
+        "twostage/_core.abi3.so",
+        "twostage/_core.pyi",
+        "twostage/py.typed",
+        "twostage/models/twostage-rerank/model_int8.onnx",  # the shipped reranker
+        "twostage/server/static/index.html",  # the search page
+    ):
         assert expected in names, f"{expected} missing from {wheel.name}"
     assert any(n.startswith("twostage/data/scifact-1k") for n in names)
 
@@ -64,3 +70,13 @@ def test_wheel_installs_into_fresh_venv_and_searches(tmp_path: Path) -> None:
         env=env,
     )
     assert out.stdout.startswith("ok 100 dimension mismatch"), out.stdout + out.stderr
+    # The console script is installed and answers without the repository around it.
+    cli = subprocess.run(
+        [str(venv / "bin" / "twostage"), "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert cli.returncode == 0 and cli.stdout.startswith("twostage 0.1.0"), cli.stdout + cli.stderr
