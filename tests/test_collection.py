@@ -155,8 +155,11 @@ def test_reopen_without_close_replays_changes(
 def test_bad_index_file_is_rebuilt_from_stored_embeddings(
     col: Collection, encoder: Encoder, damage: str
 ) -> None:
-    query = "format a date as a string"
-    before = top_ids(col, query)
+    def vectors(c: Collection) -> dict[str, np.ndarray]:
+        keys = c.store.keys_of(list(c.store.ids()))
+        return {i: c.index.get(np.array([k], dtype=np.uint64))[0] for i, k in keys.items()}
+
+    before = vectors(col)
     col.close()
     index = col.path / "index.tsidx"
     data = index.read_bytes()
@@ -174,7 +177,14 @@ def test_bad_index_file_is_rebuilt_from_stored_embeddings(
     assert again.recovery is not None
     assert "rebuilt from 120 stored embeddings" in again.recovery
     assert ("missing" in again.recovery) == (damage == "missing")
-    assert top_ids(again, query) == before
+    # The same vectors under the same keys (the graph itself may differ: HNSW inserts in
+    # parallel), and a passage's own text still finds it.
+    after = vectors(again)
+    assert after.keys() == before.keys()
+    for i in before:
+        np.testing.assert_array_equal(after[i], before[i], err_msg=i)
+    for d in again.get(list(before)[:5]):
+        assert top_ids(again, d.content, 1) == [d.id]
     again.close()
     # The rebuilt snapshot was written: the next open is clean.
     third = Collection.open(col.path, encoder)
