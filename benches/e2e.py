@@ -10,16 +10,22 @@
    often it degrades). "The depth this machine affords" is the largest depth whose total p99
    stays under 150 ms with no budget.
 2. A 1M-document collection: SciFact's 5,183 real documents with their real embeddings, plus
-   synthetic documents up to ``--n-docs``: each reuses a real passage's text and tokens (so
-   stored rows and fetches have real sizes) and gets a *perturbed real embedding*: the real
-   vector plus Gaussian noise with the real embeddings' own covariance (``--noise`` times it),
-   re-normalised. The distractors therefore live where MiniLM puts SciFact passages, so the
-   real queries walk a dense neighbourhood (``twostage.synthetic``'s clustered vectors would
-   sit in another subspace, and the real queries would find only the real documents).
+   synthetic documents up to ``--n-docs``: each reuses a real passage's text, title and tokens
+   (so stored rows and fetches have real sizes) and gets a *perturbed real embedding*: its
+   source's vector plus Gaussian noise in the source's local tangent space (the top r
+   principal directions of its 20 nearest real neighbours' offsets, r = the real embeddings'
+   local intrinsic dimension by the Levina-Bickel MLE, 15 for SciFact/MiniLM), scaled by their
+   spread (``--noise`` times it), re-normalised (mean cosine to the source 0.73). The
+   distractors live where MiniLM puts SciFact passages, so the real queries walk a dense,
+   real-shaped neighbourhood. (``twostage.synthetic``'s clustered vectors would sit in another
+   subspace, and real queries would find only the real documents. ``--synthetic gaussian``,
+   noise with the covariance of *all* real embeddings, is a near-tie-dense stress case:
+   recall@100 0.60 at ef 128 and 0.79 at ef 512 at 1M.)
    Built once with ``Collection.create`` + ``Collection.add_embedded`` and cached under
    ``benches/out/e2e/``. Measured: first stage (encode + ANN + fetch of 100 candidates) p50/p99
    against p99 < 20 ms, its recall@100 against exact (brute-force) search over the stored
-   vectors, and the total with the reranker at the depth the budget allows.
+   vectors (ef picked on SciFact *train* queries, reported on test queries), and the total
+   with the reranker at the depth SciFact found affordable and at depth 100 with the budget.
 3. The physical limit: the reranker's FLOPs per pair (2 x weight-matrix params x tokens +
    attention) at the measured pair lengths, the throughput the engine reached, and
    onnxruntime's int8 GEMM ceiling on this machine.
@@ -32,10 +38,13 @@ reranker's cost depends on its shape (layers, width, max length), not on its wei
 stand-in's latencies are the real ones for that shape; its NDCG is meaningless.
 
     .venv/bin/python benches/e2e.py --queries 20 --skip-1m          # smoke, ~3 min
-    .venv/bin/python benches/e2e.py                                  # full: ~25 min once cached
+    .venv/bin/python benches/e2e.py                                  # full: ~15-20 min once cached
+    .venv/bin/python benches/e2e.py --build-only                     # build the caches only
     .venv/bin/python benches/e2e.py --reranker standin:random-L2-H128 --reuse-scifact
 
-The first full run also builds the 1M collection (~15-25 min on 2 cores, ~3.5 GB on disk).
+The first full run also builds the 1M collection (15 min on 2 busy cores; 5.2 GB on disk:
+3.9 GB store, 0.9 GB index file, 0.7 GB of f16 vectors for the exact ground truth). On 2
+cores one other busy process halves the reranker's speed: note the load with each figure.
 Writes a Markdown report to stdout and to ``--out`` (.md beside it) and JSON to ``--out``
 (default ``benches/out/e2e-<UTC date-time>.json``). Not run by CI: timings on a shared
 machine are noisy; compare rows within one run.
@@ -548,6 +557,14 @@ class Series:
             ),
             "degraded_reasons": self.reasons,
             "scored_mean": float(np.mean(self.scored)) if self.scored else 0.0,
+            "per_query_ms": {  # in query order, for re-analysis (e.g. a quiet stretch)
+                "encode": [round(x, 3) for x in self.encode],
+                "ann": [round(x, 3) for x in self.ann],
+                "fetch": [round(x, 3) for x in self.fetch],
+                "rerank": [round(x, 3) for x in self.rerank],
+                "total": [round(x, 3) for x in self.total],
+                "scored": self.scored,
+            },
         }
 
 
