@@ -17,6 +17,7 @@ pytest.importorskip("fastapi", reason="needs the server extra (fastapi)")
 selenium = pytest.importorskip("selenium", reason="needs selenium (requirements-dev.txt)")
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -83,7 +84,7 @@ def test_type_a_query_and_see_results(
     server: str, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
     browser.get(server + "/")
-    wait = WebDriverWait(browser, 30)
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
     wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "documents"))
     assert "61 documents" in browser.find_element(By.ID, "status").text
     box = browser.find_element(By.ID, "q")
@@ -111,7 +112,9 @@ def test_type_a_query_and_see_results(
         and browser.find_element(By.ID, "timings").is_displayed()
     )
     # The document whose title is markup shows as text; nothing of it ran.
-    titles = [h.find_element(By.CSS_SELECTOR, ".title").text for h in hits]
+    titles = wait.until(
+        lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, "#results li.hit .title")]
+    )
     if "<img src=x onerror=boom()>" in titles:
         assert not browser.find_elements(By.CSS_SELECTOR, "#results img")
     browser.save_screenshot(str(tmp_path / "results.png"))
@@ -130,7 +133,7 @@ def test_type_a_query_and_see_results(
 
 def test_an_error_shows_its_message(server: str, browser: webdriver.Chrome) -> None:
     browser.get(server + "/")
-    wait = WebDriverWait(browser, 30)
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
     k = browser.find_element(By.ID, "k")
     # Past the server's limit (the field's own max is lifted so the request is sent).
     browser.execute_script("arguments[0].removeAttribute('max')", k)
