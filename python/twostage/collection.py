@@ -244,7 +244,9 @@ class Collection:
         return f"Collection({str(self._path)!r}, documents={len(self)}, encoder={name!r})"
 
     # ---- writes ----
-    def add(self, docs: Sequence[Document], *, batch_size: int = 32) -> AddResult:
+    def add(
+        self, docs: Sequence[Document], *, batch_size: int = 32, meta: dict[str, str] | None = None
+    ) -> AddResult:
         """Embed and upsert ``docs``: an id that exists is replaced (its key is kept).
 
         The batch is validated and embedded before anything is written; the store commits it
@@ -255,11 +257,13 @@ class Collection:
         """
         docs = _check_docs(docs)
         if not docs:
+            if meta:
+                self._store.set_meta(meta)
             return AddResult(0, 0, self._store.seq)
         contents = [d.content for d in docs]
         vectors = self._encoder.encode(contents, batch_size=batch_size)
         tokens = self._encoder.token_ids(contents)
-        return self.add_embedded(docs, vectors, tokens)
+        return self.add_embedded(docs, vectors, tokens, meta=meta)
 
     def add_embedded(
         self,

@@ -251,7 +251,7 @@ def _commit(
     last = {d.id: i for i, d in enumerate(docs)}
     repeats = len(docs) - len(last)
     docs = [docs[i] for i in sorted(last.values())]
-    fresh = sum(1 for d in docs if d.id not in col)
+    fresh = len(docs) - len(col.store.keys_of([d.id for d in docs]))
     report.inserted += fresh
     report.updated += len(docs) - fresh + repeats
     report.lines = last_line
@@ -263,13 +263,7 @@ def _commit(
         "ingest.errors": str(report.errors),
         "ingest.complete": "1" if complete else "0",
     }
-    if docs:
-        contents = [d.content for d in docs]
-        vectors = col.encoder.encode(contents, batch_size=batch_size)
-        tokens = col.encoder.token_ids(contents)
-        col.add_embedded(docs, vectors, tokens, meta=meta)
-    else:
-        col.store.set_meta(meta)
+    col.add(docs, batch_size=batch_size, meta=meta)
     return len(docs)
 
 
