@@ -323,7 +323,7 @@ class Engine:
         rr = self._slot.get()[1]  # one model for the whole answer
         want_rerank = rerank and depth > 0 and rr is not None
         n = max(k, depth) if want_rerank else k
-        dists, t_ann, docs = self._first_stage(vec, n, filter)
+        dists, t_ann, docs = self._first_stage(vec, n, filter, tokens=want_rerank)
         t_fetch = time.perf_counter()
 
         first = [_similarity(self._metric, d) for d in dists]
@@ -394,7 +394,7 @@ class Engine:
         )
 
     def _first_stage(
-        self, vec: np.ndarray, n: int, filter: dict[str, Any] | None
+        self, vec: np.ndarray, n: int, filter: dict[str, Any] | None, *, tokens: bool
     ) -> tuple[np.ndarray, float, list[StoredDoc]]:
         """ANN top-n, then the documents; with a filter, widen the search until n match."""
         index = self._col.index
@@ -405,7 +405,7 @@ class Engine:
             count = int(res.counts[0]) if res.counts.ndim else int(res.counts)
             keys, dists = res.keys[:count], res.distances[:count]
             t_ann = time.perf_counter()
-            got = self._col.fetch(keys)
+            got = self._col.fetch(keys, tokens=tokens)  # ids only if reranking
             docs: list[StoredDoc] = []
             kept: list[float] = []
             for dist, d in zip(dists.tolist(), got, strict=True):
