@@ -33,6 +33,9 @@ def _env_float(name: str, default: float) -> float:
         raise InvalidArgument(f"environment variable {name}={raw!r} is not a number") from None
 
 
+FIRST_STAGES = ("dense", "bm25", "hybrid")
+
+
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
     """How :class:`~twostage.engine.Engine` searches by default, and the limits it enforces.
@@ -68,11 +71,23 @@ class EngineConfig:
     #: Reranked hits are ordered by ``reranker score + fusion_weight * first-stage
     #: similarity``. None: the reranker's own setting (its twostage.json ``fusion``), else 0.
     fusion_weight: float | None = None
+    #: Where candidates come from: "dense" (bi-encoder + HNSW), "bm25" (the collection's
+    #: lexical index) or "hybrid" (both, fused by reciprocal rank).
+    first_stage: str = field(
+        default_factory=lambda: os.environ.get("TWOSTAGE_FIRST_STAGE") or "dense"
+    )
+    #: The reciprocal-rank fusion constant for "hybrid": score = sum 1 / (rrf_c + rank).
+    rrf_c: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.first_stage not in FIRST_STAGES:
+            raise InvalidArgument(
+                f"EngineConfig.first_stage must be one of {', '.join(FIRST_STAGES)}, "
+                f"not {self.first_stage!r}"
+            )
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or f.name == "first_stage":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidArgument(f"EngineConfig.{f.name} must be a number, not {value!r}")
@@ -87,4 +102,4 @@ class EngineConfig:
             raise InvalidArgument("EngineConfig: k and depth must be within max_k and max_depth")
 
 
-__all__ = ["EngineConfig"]
+__all__ = ["FIRST_STAGES", "EngineConfig"]

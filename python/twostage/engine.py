@@ -1,5 +1,9 @@
 """The two-stage search: encode, HNSW candidates, fetch, rerank within a deadline, merge.
 
+The first stage is dense (the bi-encoder and the HNSW index), lexical (``"bm25"``, the
+collection's tantivy index) or ``"hybrid"``: both lists fused by reciprocal rank
+(the core's :func:`~twostage.rrf`) before reranking.
+
 >>> from twostage import Collection, Engine, Reranker
 >>> reranker = Reranker.load("twostage-rerank")  # doctest: +SKIP
 >>> engine = Engine(Collection.open("docs/"), reranker=reranker)  # doctest: +SKIP
@@ -29,12 +33,12 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from twostage._core import Slot, rerank_order
+from twostage._core import Slot, rerank_order, rrf
 from twostage._onnx import pad
 from twostage.collection import Collection
-from twostage.config import EngineConfig
+from twostage.config import FIRST_STAGES, EngineConfig
 from twostage.encoder import Encoder
-from twostage.errors import EncoderMismatch, InvalidArgument
+from twostage.errors import EncoderMismatch, InvalidArgument, KeyNotFound
 from twostage.reranker import Pairs, Reranker
 from twostage.store import StoredDoc
 
@@ -93,9 +97,11 @@ class Hit:
 
     ``score`` is the reranker's score when ``reranked`` (plus ``w`` times the first-stage
     similarity when the model or the config asks for fusion, see
-    :attr:`EngineConfig.fusion_weight`), else the first-stage similarity (``1 - distance``
-    for cos/ip, ``-distance`` for l2); the scales differ, so compare scores only among hits
-    with the same ``reranked``.
+    :attr:`EngineConfig.fusion_weight`), else the first-stage score; the scales differ, so
+    compare scores only among hits with the same ``reranked``. ``first_stage_score`` is the
+    first stage's own score: the dense similarity (``1 - distance`` for cos/ip,
+    ``-distance`` for l2), BM25, or the reciprocal-rank fusion score (hybrid). Fusion always
+    uses the dense similarity, computed from the stored embedding for lexical candidates.
     """
 
     id: str
@@ -116,6 +122,7 @@ class Timings:
 
     encode: float = 0.0
     ann: float = 0.0
+    lexical: float = 0.0  # the BM25 search (bm25 and hybrid first stages)
     fetch: float = 0.0
     rerank: float = 0.0
     total: float = 0.0
@@ -131,6 +138,7 @@ class SearchResponse:
     degraded: bool  # the reranker did not score every candidate it was asked to
     degraded_reason: str | None
     reranker_version: str | None  # the one version that scored this answer (None: not reranked)
+    first_stage: str  # "dense", "bm25" or "hybrid"
     candidates: int  # first-stage candidates considered for reranking
     scored: int  # candidates with a reranker score (cached ones included)
     cached_scores: int  # of those, from the score cache
@@ -283,6 +291,7 @@ class Engine:
         budget_ms: float | None = None,
         rerank: bool = True,
         filter: dict[str, Any] | None = None,
+        first_stage: str | None = None,
     ) -> SearchResponse:
         """Top-``k`` hits for ``query``: ``depth`` first-stage candidates, reranked in budget.
 
@@ -296,6 +305,8 @@ class Engine:
             rerank: ``False`` returns the first stage alone.
             filter: metadata equality, e.g. ``{"lang": "en"}``; a list value matches any of
                 its items. The first stage fetches more candidates until enough match.
+            first_stage: ``"dense"``, ``"bm25"`` or ``"hybrid"`` (default
+                ``config.first_stage``). bm25 and hybrid need the collection's lexical index.
         """
         t0 = time.perf_counter()
         cfg = self.config
@@ -311,23 +322,46 @@ class Engine:
             raise InvalidArgument(f"budget_ms must be a number >= 0, not {budget!r}")
         if filter is not None and not isinstance(filter, dict):
             raise InvalidArgument(f"filter must be a dict of metadata values, not {filter!r}")
+        mode = cfg.first_stage if first_stage is None else first_stage
+        if mode not in FIRST_STAGES:
+            raise InvalidArgument(
+                f"first_stage must be one of {', '.join(FIRST_STAGES)}, not {mode!r}"
+            )
+        if mode != "dense" and self._col.lexical is None:
+            raise InvalidArgument(
+                f"first_stage={mode!r} needs a lexical index; collection {self._col.path} "
+                "was created without one (lexical=False)"
+            )
         deadline = t0 + budget / 1000.0
-
-        vec = self._query_cache.get(query)
-        query_cached = vec is not None
-        if vec is None:
-            vec = self._encoder.encode([query], kind="query")[0]
-            self._query_cache.put(query, vec)
-        t_enc = time.perf_counter()
-
         rr = self._slot.get()[1]  # one model for the whole answer
         want_rerank = rerank and depth > 0 and rr is not None
+        w = cfg.fusion_weight
+        if rr is not None and w is None:
+            w = rr.fusion_weight
+        if not want_rerank:
+            w = 0.0
+
+        vec: np.ndarray | None = None
+        query_cached = False
+        if mode != "bm25" or w:  # bm25 needs the vector only to fuse with its similarity
+            vec = self._query_cache.get(query)
+            query_cached = vec is not None
+            if vec is None:
+                vec = self._encoder.encode([query], kind="query")[0]
+                self._query_cache.put(query, vec)
+        t_enc = time.perf_counter()
+
         n = max(k, depth) if want_rerank else k
-        dists, t_ann, docs = self._first_stage(vec, n, filter, tokens=want_rerank)
+        first_arr, sims, t_ann, t_lex, docs = self._first_stage(
+            mode, query, vec, n, filter, tokens=want_rerank, need_sim=bool(w)
+        )
         t_fetch = time.perf_counter()
 
-        first = [_similarity(self._metric, d) for d in dists]
+        first = first_arr.tolist()
         notes: list[str] = []
+        if w and sims is None:
+            notes.append("a candidate was deleted during the search: no score fusion")
+            w = 0.0
         scored: dict[int, float] = {}
         cached = 0
         degraded_reason: str | None = None
@@ -342,11 +376,8 @@ class Engine:
         t_rr = time.perf_counter()
 
         final = scored
-        w = cfg.fusion_weight
-        if rr is not None and w is None:
-            w = rr.fusion_weight
-        if w:  # the model was trained to be read beside the first-stage similarity
-            final = {pos: s + w * first[pos] for pos, s in scored.items()}
+        if w and sims is not None:  # the model was trained to be read beside the similarity
+            final = {pos: s + w * float(sims[pos]) for pos, s in scored.items()}
         order = (
             rerank_order(np.arange(len(docs), dtype=np.uint64), final)
             if final
@@ -378,14 +409,16 @@ class Engine:
             hits=hits,
             timings=Timings(
                 encode=(t_enc - t0) * ms,
-                ann=(t_ann - t_enc) * ms,
-                fetch=(t_fetch - t_ann) * ms,
+                ann=t_ann * ms,
+                lexical=t_lex * ms,
+                fetch=(t_fetch - t_enc - t_ann - t_lex) * ms,
                 rerank=(t_rr - t_fetch) * ms,
                 total=(t_end - t0) * ms,
             ),
             degraded=degraded_reason is not None,
             degraded_reason=degraded_reason,
             reranker_version=rr_version if scored else None,
+            first_stage=mode,
             candidates=cand,
             scored=len(scored),
             cached_scores=cached,
@@ -394,28 +427,81 @@ class Engine:
         )
 
     def _first_stage(
-        self, vec: np.ndarray, n: int, filter: dict[str, Any] | None, *, tokens: bool
-    ) -> tuple[np.ndarray, float, list[StoredDoc]]:
-        """ANN top-n, then the documents; with a filter, widen the search until n match."""
-        index = self._col.index
-        total = len(index)
+        self,
+        mode: str,
+        query: str,
+        vec: np.ndarray | None,
+        n: int,
+        filter: dict[str, Any] | None,
+        *,
+        tokens: bool,
+        need_sim: bool,
+    ) -> tuple[np.ndarray, np.ndarray | None, float, float, list[StoredDoc]]:
+        """Top-n candidates: (first-stage scores, similarities or None, ANN seconds, BM25
+        seconds, documents). With a filter, widen the search until n match."""
+        total = len(self._col)
         ask = n if filter is None else min(max(4 * n, 64), max(total, 1))
         while True:
-            res = index.search(vec, k=max(min(ask, max(total, 1)), 1), ef=self.config.ef_search)
-            count = int(res.counts[0]) if res.counts.ndim else int(res.counts)
-            keys, dists = res.keys[:count], res.distances[:count]
-            t_ann = time.perf_counter()
+            keys, scores, dists, t_ann, t_lex = self._retrieve(mode, query, vec, max(ask, 1))
             got = self._col.fetch(keys, tokens=tokens)  # ids only if reranking
-            docs: list[StoredDoc] = []
-            kept: list[float] = []
-            for dist, d in zip(dists.tolist(), got, strict=True):
+            rows = [
+                i
+                for i, d in enumerate(got)
                 # None: deleted between the search and the fetch.
-                if d is not None and (filter is None or _matches(d.metadata, filter)):
-                    docs.append(d)
-                    kept.append(dist)
-            if filter is None or len(docs) >= n or ask >= total:
-                return np.asarray(kept[:n], dtype=np.float32), t_ann, docs[:n]
+                if d is not None and (filter is None or _matches(d.metadata, filter))
+            ][:n]
+            if filter is None or len(rows) >= n or ask >= total:
+                break
             ask = min(ask * 4, total)
+        docs = [d for d in (got[i] for i in rows) if d is not None]
+        first = scores[rows]
+        sims: np.ndarray | None = None
+        if dists is not None:
+            sims = np.asarray([_similarity(self._metric, float(x)) for x in dists[rows]])
+        elif need_sim and vec is not None:
+            sims = self._similarities(vec, keys[rows])
+        return first, sims, t_ann, t_lex, docs
+
+    def _retrieve(
+        self, mode: str, query: str, vec: np.ndarray | None, ask: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float, float]:
+        """(keys, first-stage scores, dense distances if dense, ANN s, BM25 s)."""
+        t_ann = t_lex = 0.0
+        dkeys = dd = None
+        if mode != "bm25":
+            assert vec is not None
+            index = self._col.index
+            t = time.perf_counter()
+            res = index.search(vec, k=max(min(ask, len(index)), 1), ef=self.config.ef_search)
+            count = int(res.counts[0]) if res.counts.ndim else int(res.counts)
+            dkeys, dd = res.keys[:count], res.distances[:count]
+            t_ann = time.perf_counter() - t
+            if mode == "dense":
+                sim = np.asarray([_similarity(self._metric, float(x)) for x in dd], np.float32)
+                return dkeys, sim, dd, t_ann, t_lex
+        t = time.perf_counter()
+        lkeys, lscores = self._col.lexical_search(query, ask)
+        t_lex = time.perf_counter() - t
+        if mode == "bm25":
+            return lkeys, lscores, None, t_ann, t_lex
+        assert dkeys is not None
+        fused, fscores = rrf([dkeys, lkeys], k=ask, c=self.config.rrf_c)
+        return fused, fscores, None, t_ann, t_lex
+
+    def _similarities(self, vec: np.ndarray, keys: np.ndarray) -> np.ndarray | None:
+        """The dense similarity of lexical candidates, from their stored embeddings."""
+        try:
+            emb = self._col.store.embeddings(keys)
+        except KeyNotFound:
+            return None
+        q = np.asarray(vec, dtype=np.float32)
+        if self._metric == "l2":
+            return np.asarray(-((emb - q) ** 2).sum(axis=1))
+        dots = emb @ q
+        if self._metric == "cos":
+            norms = np.linalg.norm(emb, axis=1) * max(float(np.linalg.norm(q)), 1e-12)
+            dots = dots / np.maximum(norms, 1e-12)
+        return np.asarray(dots)
 
     def _rerank(
         self,
