@@ -181,7 +181,7 @@ def test_search_answer(shared: httpx.Client, versions: dict[str, str]) -> None:
     assert all(h["reranked"] and h["reranker_version"] == versions["ce1"] for h in body["hits"])
     scores = [h["score"] for h in body["hits"]]
     assert scores == sorted(scores, reverse=True)
-    assert set(body["timings"]) == {"queue", "encode", "ann", "fetch", "rerank", "total"}
+    assert set(body["timings"]) == {"queue", "encode", "ann", "lexical", "fetch", "rerank", "total"}
     assert body["models"]["reranker"] == versions["ce1"]
     assert body["models"]["encoder"].startswith("minilm-l6@")
     first = shared.post("/search", json={"query": QUERY, "k": 5, "rerank": False}).json()

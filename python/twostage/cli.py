@@ -20,6 +20,7 @@ EPILOG_ROOT = """examples:
   twostage search docs/ "does vitamin D prevent fractures"
   twostage index info docs/
   twostage serve docs/ --token-file ~/.ts-token
+  twostage eval --data scifact/ --first-stage dense,bm25,hybrid --out eval-out/
   twostage models list
 """
 
@@ -159,7 +160,57 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="metadata equality (repeatable; KEY=a,b matches either)",
     )
+    s.add_argument(
+        "--first-stage",
+        choices=["dense", "bm25", "hybrid"],
+        default=None,
+        help="where candidates come from (default dense; bm25 and hybrid use the lexical index)",
+    )
     s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    # ---- eval ----
+    ev = sub.add_parser(
+        "eval",
+        help="offline evaluation on BEIR-layout data: metrics, depth curve, significance",
+        description=(
+            "Evaluate first stages and rerankers on BEIR-layout folders (corpus.jsonl[.gz], "
+            "queries.jsonl, qrels/<split>.tsv): NDCG@10, MRR@10, MAP@100, Recall@10/100/1000 "
+            "(ir-measures), paired significance tests, TREC run files, and the depth curve "
+            "with measured latency, from which the depth this machine affords is read. "
+            "Collections are built once (ingest pipeline) and cached."
+        ),
+        epilog=(
+            "examples:\n"
+            "  twostage eval --data scifact/ --out eval-out/\n"
+            "  twostage eval --data scifact/ --data cranfield/ --first-stage dense,bm25,hybrid \\\n"
+            "      --depths 10,20,50,100,200 --reranker twostage-rerank --out eval-out/\n"
+            "  twostage eval --data scifact/ --reranker none --first-stage bm25"
+        ),
+    )
+    _fmt(ev)
+    ev.add_argument("--data", action="append", required=True, metavar="DIR", help="repeatable")
+    ev.add_argument("--split", default="test", help="qrels split (default test)")
+    ev.add_argument("--depths", default="10,20,50,100,200", help="rerank depths, comma-separated")
+    ev.add_argument("--first-stage", default="dense", help="comma-separated: dense, bm25, hybrid")
+    ev.add_argument(
+        "--reranker",
+        action="append",
+        default=None,
+        help="built-in name or model folder, repeatable to compare models (default: the "
+        "shipped reranker; 'none': first stages only)",
+    )
+    ev.add_argument("--fusion", type=float, default=None, help="override score fusion weight")
+    ev.add_argument("--budget-ms", type=float, default=150.0, help="for the affordable depth")
+    ev.add_argument(
+        "--latency-queries",
+        type=int,
+        default=30,
+        help="queries timed at each depth (0: no latency measurement)",
+    )
+    ev.add_argument("--collections", default=None, help="cache of built collections")
+    ev.add_argument("--out", default=None, help="report folder: runs/, results.json, report.md")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--no-progress", action="store_true")
 
     # ---- serve ----
     sv = sub.add_parser(
@@ -214,6 +265,24 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, default=4, help="search threads")
     sv.add_argument("--depth", type=int, default=None, help="default rerank depth")
     sv.add_argument("--budget-ms", type=float, default=None, help="default search deadline")
+    sv.add_argument(
+        "--first-stage",
+        choices=["dense", "bm25", "hybrid"],
+        default=None,
+        help="default first stage (a request's first_stage overrides it)",
+    )
+    sv.add_argument(
+        "--experiments-db",
+        default=None,
+        help="SQLite file for interleaving experiments (default DIR/experiments.sqlite)",
+    )
+    sv.add_argument(
+        "--feedback-grace",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long a stopped experiment still takes clicks for its impressions",
+    )
     sv.add_argument("--max-body-bytes", type=int, default=1 << 20)
     sv.add_argument("--max-batch-docs", type=int, default=256)
     sv.add_argument("--validation-set", default=None, help="JSONL set for model updates")
@@ -443,6 +512,7 @@ def _search(args: argparse.Namespace) -> int:
             budget_ms=args.budget_ms,
             rerank=not args.no_rerank,
             filter=_parse_filter(args.filter),
+            first_stage=args.first_stage,
         )
     finally:
         col.close()
@@ -451,6 +521,56 @@ def _search(args: argparse.Namespace) -> int:
         return 0
     print(render(resp))
     print(f"(models and collection loaded in {load_s:.1f} s)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import shlex
+
+    from twostage.errors import InvalidArgument
+    from twostage.evaluation import evaluate
+
+    try:
+        depths = [int(x) for x in args.depths.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidArgument(
+            f"--depths must be comma-separated integers, not {args.depths!r}"
+        ) from None
+    stages = [x.strip() for x in args.first_stage.split(",") if x.strip()]
+    given: list[str | None] = args.reranker if args.reranker is not None else [default_reranker()]
+    specs = [r for r in given if r and r != "none"]
+    ev = evaluate(
+        args.data,
+        split=args.split,
+        depths=depths,
+        first_stages=stages,
+        rerankers=specs,
+        fusion_weight=args.fusion,
+        budget_ms=args.budget_ms,
+        latency_queries=args.latency_queries if specs else 0,
+        collections=args.collections,
+        out=args.out,
+        seed=args.seed,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        command="twostage eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        if sys.argv[1:2] == ["eval"]
+        else "",
+    )
+    for ds in ev.datasets:
+        print(f"{ds.name} ({ds.split}, {ds.queries} queries, {ds.documents} documents)")
+        for c in ds.configs:
+            m = c.metrics
+            print(
+                f"  {c.name:<32} NDCG@10 {m['nDCG@10']:.4f}  MRR@10 {m['RR@10']:.4f}  "
+                f"R@100 {m['R@100']:.4f}  R@1000 {m['R@1000']:.4f}"
+            )
+        for rr in specs:
+            for fs in stages:
+                fit = ds.affordable_depth(rr, fs)
+                if ds.latency.get(rr):
+                    print(f"  {fs}+{rr}: deepest depth within {args.budget_ms:.0f} ms p99: {fit}")
+    if args.out:
+        print(f"report: {Path(args.out) / 'report.md'}")
     return 0
 
 
@@ -511,6 +631,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["depth"] = args.depth
     if args.budget_ms is not None:
         overrides["budget_ms"] = args.budget_ms
+    if args.first_stage is not None:
+        overrides["first_stage"] = args.first_stage
     token = None if args.insecure_no_auth else read_token(args.token_file)
     settings = ServerSettings(
         collection=Path(args.dir),
@@ -533,6 +655,8 @@ def _serve(args: argparse.Namespace) -> int:
         validation_set=Path(args.validation_set) if args.validation_set else None,
         ndcg_floor=args.ndcg_floor,
         watch_models=args.watch_models,
+        experiments_db=Path(args.experiments_db) if args.experiments_db else None,
+        feedback_grace_s=args.feedback_grace,
     )
     if not (Path(args.dir) / "manifest.json").is_file():
         print(
@@ -577,6 +701,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = _search
     elif args.command == "serve":
         handler = _serve
+    elif args.command == "eval":
+        handler = _eval
     else:
         sub = str(getattr(args, f"{args.command}_command", ""))
         handler = handlers[(args.command, sub)]

@@ -16,6 +16,11 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
 ``GET /models``             read     serving versions, load and validation figures
 ``PUT /models/reranker``    admin    {"path"|"name", "precision"}: load, validate, swap
 ``POST /models/reranker/rollback``  admin  back to the previous model
+``POST /experiments``       admin    start an interleaving experiment (control vs candidate)
+``GET /experiments``        read     every experiment's report
+``GET /experiments/{id}``   read     impressions, clicks, wins, ties, p-value, winner
+``POST /experiments/{id}/stop``  admin  stop one (its results stay)
+``POST /feedback``          read     the clicks on an interleaved answer (its impression id)
 ``GET /healthz``            open     the process is alive
 ``GET /readyz``             open     collection open and models loaded
 ``GET /metrics``            read     Prometheus text
@@ -57,6 +62,7 @@ from twostage.engine import Engine, SearchResponse
 from twostage.reranker import Reranker
 from twostage.server.batching import Batcher
 from twostage.server.errors import STATUS_CODES, ApiError, BodyTooLarge, from_library
+from twostage.server.experiments import Experiments, ExperimentStore, ModelSpec
 from twostage.server.metrics import CONTENT_TYPE, Metrics
 from twostage.server.models import ModelRegistry
 from twostage.server.security import require_token
@@ -88,6 +94,11 @@ class SearchIn(BaseModel):
     filter: dict[str, Any] | None = Field(
         None, description="Metadata equality; a list value matches any of its items"
     )
+    first_stage: Literal["dense", "bm25", "hybrid"] | None = Field(
+        None,
+        description="Where candidates come from: the bi-encoder and HNSW (dense), the BM25 "
+        "index (bm25), or both fused by reciprocal rank (hybrid); default: the server's",
+    )
 
 
 class HitOut(BaseModel):
@@ -106,9 +117,17 @@ class TimingsOut(BaseModel):
     queue: float = Field(description="waiting for a search thread (counts against the budget)")
     encode: float
     ann: float
+    lexical: float = Field(description="the BM25 search (bm25 and hybrid first stages)")
     fetch: float
     rerank: float
     total: float
+
+
+class ExperimentRef(BaseModel):
+    id: str
+    method: str
+    control: str | None = Field(description="the version of team A's ranker")
+    candidate: str | None = Field(description="the version of team B's ranker")
 
 
 class SearchOut(BaseModel):
@@ -120,12 +139,19 @@ class SearchOut(BaseModel):
     degraded: bool
     degraded_reason: str | None
     reranker_version: str | None
+    first_stage: str
     candidates: int
     scored: int
     cached_scores: int
     query_cached: bool
     notes: list[str]
     models: dict[str, str | None]
+    impression_id: str | None = Field(
+        None, description="Only in an interleaved answer: send it back with POST /feedback"
+    )
+    experiment: ExperimentRef | None = Field(
+        None, description="Only in an interleaved answer: the experiment and its two versions"
+    )
 
 
 class DocumentIn(BaseModel):
@@ -150,6 +176,39 @@ class ModelUpdateIn(BaseModel):
     path: str | None = Field(None, examples=["ce-v2"])
     name: str | None = Field(None, examples=["twostage-rerank"])
     precision: Precision | None = None
+
+
+class ExperimentIn(BaseModel):
+    """An interleaving experiment: the control is team A, the candidate team B."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(None, description="default: exp-<random hex>", examples=["ce2-vs-live"])
+    candidate: ModelUpdateIn = Field(description="the model to try, as PUT /models/reranker")
+    control: Literal["live"] | ModelUpdateIn = Field(
+        "live", description='"live": the serving reranker (whatever it is when a search runs)'
+    )
+    share: float = Field(description="the share of searches drawn into it, 0..1", examples=[0.1])
+    method: str = Field("team_draft", description="team_draft or balanced")
+    seed: int | None = Field(None, description="seeds the draws and the interleavings")
+
+
+class FeedbackIn(BaseModel):
+    """The clicks on one interleaved answer, sent once per impression."""
+
+    model_config = ConfigDict(extra="forbid")
+    impression_id: str = Field(min_length=1, max_length=128)
+    clicks: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
+        max_length=1000,
+        description="the ids of the documents clicked, each once, in the order first clicked",
+        examples=[["topic:gzip", "module:zlib"]],
+    )
+
+
+class FeedbackOut(BaseModel):
+    impression_id: str
+    experiment: str
+    outcome: Literal["control", "candidate", "tie"]
+    credit: dict[str, int] = Field(description="clicks credited to control and candidate")
 
 
 class ErrorBody(BaseModel):
@@ -182,6 +241,7 @@ class Service:
         self.collection: Collection | None = None
         self.engine: Engine | None = None
         self.registry: ModelRegistry | None = None
+        self.experiments: Experiments | None = None
         self.batcher: Batcher | None = None
         self.search_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="ts-search")
         self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="ts-write")
@@ -223,6 +283,14 @@ class Service:
             # The operator's model passes the same golden-set check (the floor only warns).
             figures = self.registry.validate(rr, enforce_floor=False)
             self.registry.adopt(rr, spec, s.reranker_precision, load_ms, figures)
+        self.experiments = Experiments(
+            ExperimentStore(s.experiments_path),
+            self.engine,
+            self.registry,
+            grace_s=s.feedback_grace_s,
+            metrics=self.metrics,
+        )
+        self.experiments.resume()
         self.metrics.live(self.live)
         log.info(
             "ready in %.1f s: %d documents, reranker %s, batching %s",
@@ -256,6 +324,8 @@ class Service:
             self.batcher.close()
         for pool in (self.search_pool, self.write_pool, self.admin_pool):
             pool.shutdown(wait=True)
+        if self.experiments is not None:
+            self.experiments.close()
         if self.collection is not None:
             self.collection.close()
 
@@ -266,6 +336,12 @@ class Service:
             raise ApiError(503, "not_ready", "the service is starting or stopping; retry shortly")
         assert self.registry is not None
         return self.engine, self.collection, self.registry
+
+    def need_experiments(self) -> Experiments:
+        """The experiments, or 503 while starting or stopping."""
+        self.need()
+        assert self.experiments is not None
+        return self.experiments
 
     async def run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn`` on ``pool``; library errors become envelopes."""
@@ -504,30 +580,53 @@ def create_app(settings: ServerSettings) -> FastAPI:
         _check_search(body, settings)
         arrived = time.perf_counter()
         budget = settings.engine.budget_ms if body.budget_ms is None else body.budget_ms
-        waited: list[float] = [0.0]
+        waited: list[float] = [0.0, 0.0]
 
-        def run_search() -> SearchResponse:
+        def run_search(engine: Engine, slot: int) -> SearchResponse:
             # The deadline counts from the request's arrival: time spent waiting for a
             # search thread (a burst of clients) comes out of its budget.
-            waited[0] = (time.perf_counter() - arrived) * 1000.0
-            return eng.search(
+            waited[slot] = (time.perf_counter() - arrived) * 1000.0
+            return engine.search(
                 body.query,
                 body.k,
                 body.depth,
-                max(0.0, budget - waited[0]),
+                max(0.0, budget - waited[slot]),
                 body.rerank,
                 body.filter,
+                body.first_stage,
             )
 
-        resp = await service.run(service.search_pool, run_search)
-        metrics.observe_search(resp)
-        out = resp.to_dict()
-        out["timings"]["queue"] = waited[0]
+        exps = service.experiments
+        depth = settings.engine.depth if body.depth is None else body.depth
+        # Only reranked searches are drawn: with the first stage alone both sides are equal.
+        arm = exps.draw() if exps is not None and body.rerank and depth > 0 else None
         rr = eng.reranker
-        out["models"] = {
+        models: dict[str, str | None] = {
             "encoder": f"{col.encoder.name}@{col.encoder.fingerprint}",
             "reranker": rr.version if rr else None,
         }
+        if arm is None:
+            resp = await service.run(service.search_pool, run_search, eng, 0)
+            metrics.observe_search(resp)
+            out = resp.to_dict()
+        else:
+            # Both rankers side by side, each under the whole deadline: the answer is no
+            # later than a plain one would be.
+            assert exps is not None
+            control, candidate = await asyncio.gather(
+                service.run(service.search_pool, run_search, arm.control, 0),
+                service.run(service.search_pool, run_search, arm.candidate, 1),
+            )
+            metrics.observe_search(control)
+            k = settings.engine.k if body.k is None else body.k
+            out = await service.run(
+                service.search_pool, exps.answer, arm, body.query, k, control, candidate
+            )
+            if "impression_id" in out:  # the two models this answer was made with
+                models["reranker"] = out["experiment"]["control"]
+                models["candidate"] = out["experiment"]["candidate"]
+        out["timings"]["queue"] = max(waited)
+        out["models"] = models
         return JSONResponse(out)
 
     # ---- documents ----
@@ -607,6 +706,77 @@ def create_app(settings: ServerSettings) -> FastAPI:
         prev = reg.previous
         return {"status": "active", "model": rec.to_dict(), "previous": prev and prev.to_dict()}
 
+    # ---- experiments ----
+    @app.post(
+        "/experiments",
+        status_code=201,
+        tags=["experiments"],
+        dependencies=[Depends(write_guard)],
+        responses={409: {"model": ErrorOut}, 403: {"model": ErrorOut}},
+    )
+    async def create_experiment(body: ExperimentIn) -> JSONResponse:
+        """Start an interleaving experiment: ``share`` of reranked searches get the control's
+        (team A) and the candidate's (team B) hits interleaved, with an impression id. The
+        models pass the checks of PUT /models/reranker (422 ``model_rejected``; the live
+        model is untouched); one experiment runs at a time (409 ``experiment_running``)."""
+        exps = service.need_experiments()
+        candidate = _model_spec(body.candidate, "candidate")
+        control = None if body.control == "live" else _model_spec(body.control, "control")
+        report = await service.run(
+            service.admin_pool,
+            functools.partial(
+                exps.create,
+                candidate,
+                control,
+                share=body.share,
+                method=body.method,
+                exp_id=body.id,
+                seed=body.seed,
+            ),
+        )
+        return JSONResponse(report, status_code=201)
+
+    @app.get("/experiments", tags=["experiments"], dependencies=[Depends(read_guard)])
+    async def list_experiments() -> dict[str, Any]:
+        """Every experiment's report, newest first."""
+        exps = service.need_experiments()
+        return {"experiments": await service.run(service.search_pool, exps.list)}
+
+    @app.get("/experiments/{exp_id}", tags=["experiments"], dependencies=[Depends(read_guard)])
+    async def get_experiment(exp_id: str) -> dict[str, Any]:
+        """Impressions, feedback, clicks, wins and losses of control (team A) and candidate
+        (team B), ties, the sign test's p-value and the winner once significant."""
+        exps = service.need_experiments()
+        return await service.run(service.search_pool, exps.report, exp_id)
+
+    @app.post(
+        "/experiments/{exp_id}/stop",
+        tags=["experiments"],
+        dependencies=[Depends(write_guard)],
+        responses={409: {"model": ErrorOut}},
+    )
+    async def stop_experiment(exp_id: str) -> dict[str, Any]:
+        """Stop drawing searches into it; its results stay (409 if already stopped)."""
+        exps = service.need_experiments()
+        return await service.run(service.admin_pool, exps.stop, exp_id)
+
+    @app.post(
+        "/feedback",
+        response_model=FeedbackOut,
+        tags=["experiments"],
+        dependencies=[Depends(read_guard)],
+        responses={409: {"model": ErrorOut}},
+    )
+    async def feedback(body: FeedbackIn) -> dict[str, Any]:
+        """The clicks on an interleaved answer, once per impression. Refused with nothing
+        stored: 404 ``unknown_impression``; 422 ``no_clicks``, ``duplicate_click``,
+        ``click_not_shown``; 409 ``duplicate_feedback``, ``experiment_stopped``. Needs what a
+        search needs: impression ids are unguessable, so only whoever got the answer can."""
+        exps = service.need_experiments()
+        return await service.run(
+            service.search_pool, exps.feedback, body.impression_id, body.clicks
+        )
+
     # ---- the page ----
     index_html = (STATIC / "index.html").read_text(encoding="utf-8")
 
@@ -625,6 +795,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
     # Outermost, so that refused bodies and errors are counted too.
     app.add_middleware(Edge, service=service)
     return app
+
+
+def _model_spec(body: ModelUpdateIn, role: str) -> ModelSpec:
+    if (body.path is None) == (body.name is None):
+        raise ApiError(
+            422, "invalid_request", f"{role}: give exactly one of 'path' (a model folder) or 'name'"
+        )
+    if body.name is not None:
+        return ModelSpec("name", body.name, body.precision)
+    assert body.path is not None
+    return ModelSpec("path", body.path, body.precision)
 
 
 def _check_search(body: SearchIn, settings: ServerSettings) -> None:

@@ -120,6 +120,24 @@ class Metrics:
             "twostage_model_updates", "Model updates by result", ["result"], registry=r
         )
         self.inflight = Gauge("twostage_http_inflight", "Requests being served", registry=r)
+        self.impressions = Counter(
+            "twostage_experiment_impressions",
+            "Interleaved answers served, by experiment",
+            ["experiment"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "twostage_experiment_feedback",
+            "Click feedback recorded, by experiment and outcome (control, candidate, tie)",
+            ["experiment", "outcome"],
+            registry=r,
+        )
+        self.feedback_rejected = Counter(
+            "twostage_experiment_feedback_rejected",
+            "Click feedback refused, by reason (the error code)",
+            ["reason"],
+            registry=r,
+        )
         self._live: _Live | None = None
 
     def live(self, state: Callable[[], dict[str, Any]]) -> None:
@@ -131,7 +149,7 @@ class Metrics:
     def observe_search(self, resp: SearchResponse) -> None:
         """Stage timings, reranked or not, and the degradation class of one answer."""
         t = resp.timings
-        for stage in ("encode", "ann", "fetch", "rerank", "total"):
+        for stage in ("encode", "ann", "lexical", "fetch", "rerank", "total"):
             self.stage.labels(stage=stage).observe(getattr(t, stage) / 1000.0)
         self.searches.labels(reranked=str(resp.reranker_version is not None).lower()).inc()
         if resp.degraded:

@@ -43,7 +43,7 @@ from twostage.server.settings import Precision, ServerSettings
 
 log = logging.getLogger("twostage.server")
 
-Status = Literal["active", "previous", "retired", "rejected"]
+Status = Literal["active", "previous", "retired", "rejected", "candidate"]
 
 #: Pairs every candidate must score with finite values: short and long, on- and off-topic,
 #: an empty-ish document and non-ASCII text, so a model that breaks on any of them is refused.
@@ -90,6 +90,10 @@ class ModelRejected(ApiError):
             f"{message}; still serving {active or 'no reranker'}",
             details={"active": active, "candidate": record.to_dict()},
         )
+
+
+class _Unfit(Exception):
+    """A model that loaded badly or failed validation (the message says why)."""
 
 
 class ModelRegistry:
@@ -226,6 +230,79 @@ class ModelRegistry:
         finally:
             self._lock.release()
 
+    def candidate(
+        self,
+        spec: str,
+        precision: Precision | None = None,
+        *,
+        kind: Literal["auto", "name", "path"] = "auto",
+        trusted: bool = False,
+    ) -> tuple[ModelRecord, Reranker]:
+        """Resolve, load and validate ``spec`` as :meth:`update` does, but install nothing.
+
+        For a model served beside the live one (an experiment's candidate): the caller warms
+        it (an :class:`Engine` built with it does). Raises as :meth:`update` does; refusals
+        are not added to the update history, which is about the serving model.
+        """
+        prec: Precision = precision or self._settings.reranker_precision
+        rec = ModelRecord(spec=spec, precision=prec, status="rejected")
+        try:
+            rr = self._prepare(rec, spec, prec, kind, trusted)
+        except _Unfit as e:
+            rec.reason = str(e)
+            active = self.current.version if self.current else None
+            raise ModelRejected(str(e), active=active, record=rec) from None
+        except ApiError as e:
+            rec.reason = e.message
+            raise
+        rec.status = "candidate"
+        return rec, rr
+
+    def _prepare(
+        self,
+        rec: ModelRecord,
+        spec: str,
+        precision: Precision,
+        kind: Literal["auto", "name", "path"],
+        trusted: bool,
+    ) -> Reranker:
+        """Steps 1-3 (resolve, load, validate) into ``rec``: raises ApiError or _Unfit."""
+        if not isinstance(spec, str) or not spec.strip():
+            raise _Unfit("the model spec is empty")
+        target: str | Path = spec
+        if kind == "name" or (kind == "auto" and spec in BUILTINS):
+            rerankers = sorted(n for n, b in BUILTINS.items() if b.kind == "reranker")
+            if spec not in BUILTINS:
+                raise ApiError(
+                    404,
+                    "model_not_found",
+                    f"no built-in model {spec!r}; built-in rerankers: {rerankers}",
+                )
+            if BUILTINS[spec].kind != "reranker":
+                raise ApiError(
+                    422, "model_rejected", f"built-in {spec!r} is an encoder, not a reranker"
+                )
+            rec.source = "built-in"
+        elif trusted:
+            target = Path(spec).expanduser().resolve()
+            rec.source = str(target)
+        else:
+            target = check_model_path(spec, self._settings.model_roots)
+            rec.source = str(target)
+        t0 = time.perf_counter()
+        try:
+            rr = Reranker.load(target, precision=precision)
+        except Exception as e:
+            raise _Unfit(f"could not load {spec}: {from_library(e).message}") from None
+        rec.version, rec.load_ms, rec.loaded_at = rr.version, _ms(t0), _now()
+        t1 = time.perf_counter()
+        try:
+            rec.validation = self.validate(rr)
+        except ValueError as e:
+            raise _Unfit(f"validation failed: {e}") from None
+        rec.validate_ms = _ms(t1)
+        return rr
+
     def _update(
         self,
         spec: str,
@@ -243,46 +320,15 @@ class ModelRegistry:
             log.warning("model update %s refused: %s", spec, why)
             return ModelRejected(why, active=active, record=rec)
 
-        if not isinstance(spec, str) or not spec.strip():
-            raise reject("the model spec is empty")
         try:
-            target: str | Path = spec
-            if kind == "name" or (kind == "auto" and spec in BUILTINS):
-                rerankers = sorted(n for n, b in BUILTINS.items() if b.kind == "reranker")
-                if spec not in BUILTINS:
-                    raise ApiError(
-                        404,
-                        "model_not_found",
-                        f"no built-in model {spec!r}; built-in rerankers: {rerankers}",
-                    )
-                if BUILTINS[spec].kind != "reranker":
-                    raise ApiError(
-                        422, "model_rejected", f"built-in {spec!r} is an encoder, not a reranker"
-                    )
-                rec.source = "built-in"
-            elif trusted:
-                target = Path(spec).expanduser().resolve()
-                rec.source = str(target)
-            else:
-                target = check_model_path(spec, self._settings.model_roots)
-                rec.source = str(target)
+            rr = self._prepare(rec, spec, precision, kind, trusted)
+        except _Unfit as e:
+            raise reject(str(e)) from None
         except ApiError as e:
             rec.reason = e.message
             self._remember(rec)
             self._notify("rejected")
             raise
-        t0 = time.perf_counter()
-        try:
-            rr = Reranker.load(target, precision=precision)
-        except Exception as e:
-            raise reject(f"could not load {spec}: {from_library(e).message}") from None
-        rec.version, rec.load_ms, rec.loaded_at = rr.version, _ms(t0), _now()
-        t1 = time.perf_counter()
-        try:
-            rec.validation = self.validate(rr)
-        except ValueError as e:
-            raise reject(f"validation failed: {e}") from None
-        rec.validate_ms = _ms(t1)
         t2 = time.perf_counter()
         try:
             self._engine.swap_reranker(rr)  # warms it, refuses non-finite warm-up scores

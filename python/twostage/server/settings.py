@@ -108,6 +108,12 @@ class ServerSettings:
     watch_interval_s: float = 2.0
     #: Model update records kept for GET /models.
     history: int = 20
+    #: The SQLite file of interleaving experiments (configs, impressions, clicks); None:
+    #: ``experiments.sqlite`` in the collection's folder.
+    experiments_db: Path | None = None
+    #: How long after an experiment stops its impressions still take click feedback (clicks
+    #: on answers served just before the stop arrive late); 0: none after the stop.
+    feedback_grace_s: float = 600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "collection", Path(self.collection))
@@ -115,6 +121,8 @@ class ServerSettings:
         object.__setattr__(self, "model_roots", roots)
         if self.validation_set is not None:
             object.__setattr__(self, "validation_set", Path(self.validation_set))
+        if self.experiments_db is not None:
+            object.__setattr__(self, "experiments_db", Path(self.experiments_db))
         if not 0 <= self.port <= 65535:
             raise InvalidArgument(f"port must be in 0..65535, not {self.port}")
         if self.token is not None and len(self.token) < 8:
@@ -135,6 +143,8 @@ class ServerSettings:
                 raise InvalidArgument(f"{name} must be >= 1, not {getattr(self, name)}")
         if self.batch_wait_ms < 0 or self.watch_interval_s <= 0:
             raise InvalidArgument("batch_wait_ms must be >= 0 and watch_interval_s > 0")
+        if not self.feedback_grace_s >= 0:  # NaN too
+            raise InvalidArgument(f"feedback_grace_s must be >= 0, not {self.feedback_grace_s}")
         if self.ndcg_floor is not None and not 0.0 <= self.ndcg_floor <= 1.0:
             raise InvalidArgument(f"ndcg_floor must be in 0..1, not {self.ndcg_floor}")
         if self.ndcg_floor is not None and self.validation_set is None:
@@ -151,6 +161,11 @@ class ServerSettings:
                 f"--insecure-no-auth serves only loopback addresses, not {self.host}: "
                 "set a token to listen on other interfaces"
             )
+
+    @property
+    def experiments_path(self) -> Path:
+        """Where the experiment store lives."""
+        return self.experiments_db or self.collection / "experiments.sqlite"
 
     @property
     def auth(self) -> bool:
