@@ -329,3 +329,16 @@ def test_distill_student_learns_the_teachers_margins(trained: dict) -> None:
     for _ in range(cfg.steps):
         student.train_step()
     assert loss() < 0.5 * before
+
+
+def test_first_stage_cache_is_keyed_by_the_texts(tmp_path: Path) -> None:
+    """The same ids with other words must not read vectors cached for the first words."""
+    from twostage.train.evaluate import first_stage
+
+    queries = {"q": "how do cats purr"}
+    cats = {"a": "Cats purr with their larynx.", "b": "Bridges carry traffic over rivers."}
+    swapped = {"a": cats["b"], "b": cats["a"]}
+    first = first_stage(queries, cats, 2, cache=tmp_path)
+    second = first_stage(queries, swapped, 2, cache=tmp_path)
+    assert first["q"][0][0] == "a" and second["q"][0][0] == "b"
+    assert len(list(tmp_path.glob("docs-*.npy"))) == 2

@@ -87,7 +87,10 @@ def first_stage(
     pids = sorted(corpus)
     dv = None
     if cache is not None:
-        path = Path(cache) / f"docs-{enc.fingerprint}-{_key(*pids, str(len(pids)))}.npy"
+        # Keyed by the texts, not only the ids: the same ids with other text (titles only,
+        # an edited corpus) must not read vectors cached for different words.
+        ident = _key(*(f"{p}\x1f{corpus[p]}" for p in pids), str(len(pids)))
+        path = Path(cache) / f"docs-{enc.fingerprint}-{ident}.npy"
         if path.is_file():
             dv = np.load(path)
     if dv is None:
