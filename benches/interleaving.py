@@ -31,6 +31,7 @@ from twostage.clicks import (
     SimulationResult,
     simulate,
 )
+from twostage.evaluation import read_qrels, read_trec
 
 LABELS = {
     "team_draft": "team draft",
@@ -39,39 +40,6 @@ LABELS = {
     "ab_any_click": "A/B any click",
     "ab_rr": "A/B RR first click",
 }
-
-
-def read_run(path: Path) -> dict[str, list[str]]:
-    """TREC run → {qid: [docid, ...]}, ordered by score descending (trec_eval's order)."""
-    rows: dict[str, list[tuple[float, int, str]]] = {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise SystemExit(f"{path}:{n}: expected 6 columns (qid Q0 docid rank score tag)")
-            qid, _, doc, rank, score, _ = parts
-            rows.setdefault(qid, []).append((-float(score), int(rank), doc))
-    return {q: [d for _, _, d in sorted(r)] for q, r in rows.items()}
-
-
-def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    """BEIR qrels TSV (with header) or TREC qrels (``qid 0 docid grade``)."""
-    qrels: dict[str, dict[str, int]] = {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts or (n == 1 and parts[0] == "query-id"):
-                continue
-            if len(parts) == 3:
-                qid, doc, grade = parts
-            elif len(parts) == 4:
-                qid, _, doc, grade = parts
-            else:
-                raise SystemExit(f"{path}:{n}: expected 'qid docid grade' or 'qid 0 docid grade'")
-            qrels.setdefault(qid, {})[doc] = int(float(grade))
-    return qrels
 
 
 def make_model(name: str, preset: str, eta: float, gmax: int) -> ClickModel:
@@ -167,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     qrels = read_qrels(args.qrels)
-    run_a, run_b = read_run(args.run_a), read_run(args.run_b)
+    run_a, run_b = read_trec(args.run_a), read_trec(args.run_b)
     gmax = max(1, max((g for rel in qrels.values() for g in rel.values()), default=1))
     names = (args.name_a, args.name_b)
     results = []

@@ -22,7 +22,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 from test_server import ServerThread  # noqa: E402
 from tinyce import random_cross_encoder  # noqa: E402
 from twostage.collection import Collection  # noqa: E402
@@ -103,6 +103,7 @@ def test_type_a_query_and_see_results(
         "queue",
         "encode",
         "ann",
+        "lexical",
         "fetch",
         "rerank",
         "total",
@@ -129,6 +130,12 @@ def test_type_a_query_and_see_results(
         )
     )
     assert "first stage only" in browser.find_element(By.ID, "summary").text
+
+    # The BM25 first stage, chosen on the page: the answer says which first stage made it.
+    Select(browser.find_element(By.ID, "first-stage")).select_by_value("bm25")
+    box.send_keys(Keys.ENTER)
+    wait.until(lambda d: "bm25 first stage" in d.find_element(By.ID, "summary").text)
+    assert browser.find_elements(By.CSS_SELECTOR, "#results li.hit")
 
 
 def test_an_error_shows_its_message(server: str, browser: webdriver.Chrome) -> None:

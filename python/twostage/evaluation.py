@@ -24,7 +24,6 @@ depth this machine affords is the deepest whose p99 stays within the budget.
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import json
@@ -109,17 +108,20 @@ class Dataset:
 
 
 def read_qrels(path: str | os.PathLike[str]) -> Qrels:
-    """BEIR qrels TSV (``query-id  corpus-id  score``, with a header) as ``{q: {doc: grade}}``."""
+    """Qrels as ``{q: {doc: grade}}``: BEIR TSV (``query-id corpus-id score``, with a
+    header) or TREC (``qid 0 doc grade``)."""
     qrels: Qrels = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        for n, row in enumerate(reader, 1):
-            if n == 1 and row and row[0] == "query-id":
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            row = line.rstrip("\r\n").split("\t") if "\t" in line else line.split()
+            if not row or not row[0] or (n == 1 and row[0] == "query-id"):
                 continue
-            if not row:
-                continue
+            if len(row) == 4:  # TREC: qid iteration doc grade
+                row = [row[0], row[2], row[3]]
             if len(row) != 3:
-                raise InvalidArgument(f"{path} line {n}: expected 3 tab-separated fields")
+                raise InvalidArgument(
+                    f"{path} line {n}: expected 'qid doc grade' (BEIR) or 'qid 0 doc grade' (TREC)"
+                )
             try:
                 grade = int(float(row[2]))
             except ValueError:

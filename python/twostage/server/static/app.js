@@ -49,6 +49,7 @@ function render(resp) {
   let how = resp.reranker_version
     ? `reranked by ${resp.reranker_version}: ${resp.scored} of ${resp.candidates} candidates`
     : "first stage only";
+  how += ` · ${resp.first_stage} first stage`;
   if (resp.degraded) how += ` — degraded: ${resp.degraded_reason}`;
   $("summary").textContent = `${resp.hits.length} hits · ${how} · ${resp.timings.total.toFixed(1)} ms`;
 }
@@ -66,6 +67,7 @@ async function search(event) {
     budget_ms: Number($("budget").value),
     rerank: $("rerank").checked,
   };
+  if ($("first-stage").value) body.first_stage = $("first-stage").value;
   try {
     const r = await fetch("/search", { method: "POST", headers: headers(), body: JSON.stringify(body) });
     const data = await r.json();
