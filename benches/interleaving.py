@@ -121,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", nargs="+", choices=["cascade", "pbm"], default=["cascade", "pbm"])
     ap.add_argument(
         "--preset",
-        choices=["perfect", "navigational", "informational"],
+        choices=["perfect", "navigational", "informational", "blind"],
         default="navigational",
-        help="click (and, for cascade, stop) probabilities of Hofmann et al. (TOIS 2013)",
+        help="click (and, for cascade, stop) probabilities of Hofmann et al. (TOIS 2013); "
+        "blind: relevance ignored (a bias check)",
     )
     ap.add_argument("--eta", type=float, default=1.0, help="PBM examination 1/(rank+1)^eta")
     ap.add_argument("--reps", type=int, default=500)

@@ -66,6 +66,9 @@ _PRESETS = {
     "perfect": (0.0, 1.0, 0.0, 0.0),
     "navigational": (0.05, 0.95, 0.2, 0.9),
     "informational": (0.4, 0.9, 0.1, 0.5),
+    # Not Hofmann's: a user who ignores relevance. Any method that declares winners for it
+    # more often than its alpha is biased (balanced interleaving is, team draft is not).
+    "blind": (0.3, 0.3, 0.3, 0.3),
 }
 
 
@@ -144,7 +147,8 @@ class CascadeModel(ClickModel):
 
     @classmethod
     def preset(cls, name: str, *, gmax: int = 1) -> CascadeModel:
-        """Hofmann et al.'s "perfect", "navigational" (the default) or "informational" user."""
+        """Hofmann et al.'s "perfect", "navigational" (the default) or "informational" user,
+        or "blind" (clicks and stops regardless of relevance: the null for a bias check)."""
         if name not in _PRESETS:
             raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(_PRESETS)}")
         c0, c1, s0, s1 = _PRESETS[name]
