@@ -89,12 +89,19 @@ def test_add_from_stdin_then_delete(collection: Path) -> None:
         run("search", str(collection), "striped animals", "--json", "-k", "1", "--no-rerank").stdout
     )
     assert found["hits"][0]["id"] == "note-1"
+    # The BM25 first stage sees the upsert too (the lexical index follows the store).
+    lexical = run(
+        "search", str(collection), "zebra", "--json", "-k", "1", "--no-rerank",
+        "--first-stage", "bm25",
+    )  # fmt: skip
+    assert json.loads(lexical.stdout)["hits"][0]["id"] == "note-1", lexical.stderr
     missing = run("index", "delete", str(collection), "note-1", "nope")
     assert missing.returncode == 1 and "unknown document id" in missing.stderr
     gone = run("index", "delete", str(collection), "note-1")
     assert gone.returncode == 0 and "deleted 1" in gone.stdout
     info = json.loads(run("index", "info", str(collection), "--json").stdout)
-    assert info["documents"] == 40
+    assert info["documents"] == 40 and info["lexical_indexed"] == 40
+    assert "BM25, tantivy en_stem: 40 docs" in run("index", "info", str(collection)).stdout
 
 
 def test_errors_are_one_line_and_exit_1(tmp_path: Path, collection: Path) -> None:

@@ -426,6 +426,12 @@ def _index_info(args: argparse.Namespace) -> int:
             "memory",
             f"{info['index_memory_bytes'] / 2**20:,.1f} MiB ({info['hardware_acceleration']})",
         ),
+        (
+            "lexical",
+            "none (created with lexical=False)"
+            if info["lexical_indexed"] is None
+            else f"BM25, tantivy {info['lexical']['analyzer']}: {info['lexical_indexed']:,} docs",
+        ),
         ("changes", f"seq {info['seq']} (index snapshot at {info['index']['seq']})"),
         ("updated", info["updated"]),
     ]
@@ -482,8 +488,9 @@ def render(resp: SearchResponse) -> str:
             f"{h.id[:22]:<22} {title[:60]}"
         )
     lines.append(
-        f"timings (ms): encode {t.encode:.1f}  ann {t.ann:.1f}  fetch {t.fetch:.1f}  "
-        f"rerank {t.rerank:.1f}  total {t.total:.1f}"
+        f"timings (ms): encode {t.encode:.1f}  ann {t.ann:.1f}  bm25 {t.lexical:.1f}  "
+        f"fetch {t.fetch:.1f}  rerank {t.rerank:.1f}  total {t.total:.1f}  "
+        f"({resp.first_stage} first stage)"
     )
     lines.append("* = reranker score; 1st = first-stage rank")
     return "\n".join(lines)

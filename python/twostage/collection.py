@@ -399,6 +399,7 @@ class Collection:
             documents=len(self._store),
             seq=self._store.seq,
             indexed=len(self._index),
+            lexical_indexed=None if self._lexical is None else len(self._lexical),
             index_memory_bytes=self._index.memory_usage,
             hardware_acceleration=self._index.hardware_acceleration,
         )
