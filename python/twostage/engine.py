@@ -439,10 +439,13 @@ class Engine:
     ) -> tuple[np.ndarray, np.ndarray | None, float, float, list[StoredDoc]]:
         """Top-n candidates: (first-stage scores, similarities or None, ANN seconds, BM25
         seconds, documents). With a filter, widen the search until n match."""
-        total = len(self._col)
+        total = len(self._col.index)  # the store's count, without a COUNT(*) per search
         ask = n if filter is None else min(max(4 * n, 64), max(total, 1))
+        t_ann = t_lex = 0.0
         while True:
-            keys, scores, dists, t_ann, t_lex = self._retrieve(mode, query, vec, max(ask, 1))
+            keys, scores, dists, dt_ann, dt_lex = self._retrieve(mode, query, vec, max(ask, 1))
+            t_ann += dt_ann
+            t_lex += dt_lex
             got = self._col.fetch(keys, tokens=tokens)  # ids only if reranking
             rows = [
                 i
