@@ -135,3 +135,11 @@ def test_plain_text_corpus(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     hit = json.loads(run("search", str(out), "nearest neighbour graph", "--json", "-k", "1").stdout)
     assert hit["hits"][0]["id"] == "3"  # the line number
+
+
+def test_build_refuses_another_encoder_for_an_existing_collection(collection: Path) -> None:
+    """A different encoder means re-embedding into a new folder, never a silent no-op."""
+    other = run("index", "build", "--corpus", str(collection / "manifest.json"), "--out",
+                str(collection), "--encoder", "minilm-l6", "--precision", "fp32")  # fmt: skip
+    assert other.returncode == 1
+    assert "fingerprint" in other.stderr and "build a new collection" in other.stderr

@@ -342,3 +342,12 @@ def test_first_stage_cache_is_keyed_by_the_texts(tmp_path: Path) -> None:
     second = first_stage(queries, swapped, 2, cache=tmp_path)
     assert first["q"][0][0] == "a" and second["q"][0][0] == "b"
     assert len(list(tmp_path.glob("docs-*.npy"))) == 2
+
+
+def test_ndcg10_counts_a_query_missing_from_the_run_once() -> None:
+    from twostage.train.evaluate import ndcg10
+
+    qrels = {"a": {"d1": 1}, "b": {"d2": 1}}
+    run = {"a": {"d1": 1.0}}  # "b" retrieved nothing: it scores 0, once
+    assert ndcg10(qrels, run) == pytest.approx(0.5)
+    assert ndcg10(qrels, run) == pytest.approx(ndcg_at_k(qrels, run, 10))

@@ -181,10 +181,15 @@ def _from_checkpoint(
     if head == "none":
         raise InvalidModel(f"{folder}: pooling 'none' needs a model.onnx, not a checkpoint")
     fused = True
+    config = BertConfig.from_file(config_path)
+    # Exports of tanh-GELU models made before FastGelu was emitted used the erf graph: a key
+    # part of their own keeps them from being reused, and leaves every other key as it was.
+    act = [f"act={config.hidden_act}"] if config.tanh_gelu else []
     key = _sha(
         EXPORTER_VERSION,
         f"head={head}",
         f"fused={fused}",
+        *act,
         file_sha256(weights_path),
         file_sha256(tok_path),
         file_sha256(config_path),
@@ -193,7 +198,6 @@ def _from_checkpoint(
     cache_dir = cache_home() / "models" / f"{name}-{key[:16]}"
     fp32 = cache_dir / "model.onnx"
     if not fp32.is_file():
-        config = BertConfig.from_file(config_path)
         if settings["max_length"] > config.max_position_embeddings:
             settings["max_length"] = config.max_position_embeddings
         model = build_bert_graph(config, load_weights(weights_path), head=head, fused=fused)

@@ -68,7 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     _fmt(b)
     b.add_argument("--corpus", required=True, help="BEIR JSONL(.gz), text (a doc per line), CSV")
     b.add_argument("--out", required=True, help="the collection folder to create or resume")
-    b.add_argument("--encoder", default="minilm-l6", help="built-in name or model folder")
+    b.add_argument(
+        "--encoder",
+        default=None,
+        help="built-in name or model folder (default minilm-l6). A new encoder means "
+        "re-embedding: build into a new folder; an existing one built by another is refused",
+    )
     b.add_argument("--precision", default="int8", choices=["int8", "fp32"])
     b.add_argument("--format", default="auto", choices=["auto", "jsonl", "text", "csv"])
     b.add_argument("--id-field", default="_id")
@@ -322,8 +327,10 @@ def _index_build(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     encoder = None
-    if not (out / "manifest.json").exists():
-        encoder = Encoder.load(args.encoder, precision=args.precision)
+    if args.encoder is not None or not (out / "manifest.json").exists():
+        # Given for an existing collection, it is checked against the one that built it
+        # (Collection.open refuses another fingerprint) instead of being ignored.
+        encoder = Encoder.load(args.encoder or "minilm-l6", precision=args.precision)
     try:
         report = build(
             args.corpus,

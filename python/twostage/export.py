@@ -44,6 +44,11 @@ Head = Literal["mean", "cls", "classifier"]
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
+# transformers' ACT2FN names: exact GELU (erf) and its tanh approximation
+# (0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), which "gelu_fast" writes differently).
+ERF_GELU = ("gelu", "gelu_python")
+TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
 
 @dataclass(frozen=True, kw_only=True)
 class BertConfig:
@@ -65,8 +70,16 @@ class BertConfig:
                 f"hidden_size {self.hidden_size} is not a multiple of "
                 f"num_attention_heads {self.num_attention_heads}"
             )
-        if self.hidden_act not in ("gelu", "gelu_new", "gelu_python"):
-            raise InvalidModel(f"hidden_act {self.hidden_act!r} is not supported (gelu only)")
+        if self.hidden_act not in ERF_GELU + TANH_GELU:
+            raise InvalidModel(
+                f"hidden_act {self.hidden_act!r} is not supported "
+                f"(one of {', '.join(ERF_GELU + TANH_GELU)})"
+            )
+
+    @property
+    def tanh_gelu(self) -> bool:
+        """Whether the activation is GELU's tanh approximation rather than the exact (erf) one."""
+        return self.hidden_act in TANH_GELU
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> BertConfig:
@@ -82,7 +95,9 @@ class BertConfig:
             raise InvalidModel(f"{path}: only absolute position embeddings are supported")
         num_labels = raw.get("num_labels")
         if num_labels is None:
-            num_labels = len(raw.get("id2label", {})) or 1
+            # transformers' default when config.json names no labels (it omits a default
+            # id2label); the graph takes the count from the classifier's weights anyway.
+            num_labels = len(raw.get("id2label") or {}) or 2
         return cls(
             hidden_size=raw["hidden_size"],
             num_hidden_layers=raw["num_hidden_layers"],
@@ -97,17 +112,80 @@ class BertConfig:
 
 
 def load_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Load ``model.safetensors`` as float32 numpy arrays, without the ``bert.`` prefix."""
+    """Load ``model.safetensors`` as float32 numpy arrays, without the ``bert.`` prefix.
+
+    float16 and bfloat16 checkpoints are widened to float32 (numpy has no bfloat16, so those
+    are read by :func:`read_safetensors`).
+    """
     from safetensors.numpy import load_file
 
     path = Path(path)
     if not path.is_file():
         raise ModelNotFound(f"model.safetensors not found: looked for {path}")
+    header, _ = _safetensors_header(path)
+    dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    tensors = read_safetensors(path) if "BF16" in dtypes else load_file(str(path))
     out: dict[str, np.ndarray] = {}
-    for name, value in load_file(str(path)).items():
+    for name, value in tensors.items():
         # BertForSequenceClassification prefixes the encoder with "bert."; BertModel does not.
         key = name[5:] if name.startswith("bert.") else name
         out[key] = value.astype(np.float32) if value.dtype != np.int64 else value
+    return out
+
+
+_ST_DTYPES: dict[str, Any] = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def _safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file and the offset where its data starts."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= n <= 100_000_000:
+            raise InvalidModel(f"{path} is not a safetensors file (header size {n})")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidModel(f"{path}: damaged safetensors header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise InvalidModel(f"{path}: damaged safetensors header")
+    return header, 8 + n
+
+
+def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file, bfloat16 ones widened to float32 (exactly: a
+    bfloat16 is the top half of a float32).
+
+    The format is an 8-byte little-endian header length, a JSON header naming each tensor's
+    dtype, shape and byte range, then the data.
+    """
+    path = Path(path)
+    header, start = _safetensors_header(path)
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=start)
+    out: dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        raw = data[begin:end]
+        if info["dtype"] == "BF16":
+            arr = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        elif info["dtype"] in _ST_DTYPES:
+            arr = raw.view(np.dtype(_ST_DTYPES[info["dtype"]]).newbyteorder("<")).copy()
+        else:
+            raise InvalidModel(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        out[name] = arr.reshape(info["shape"])
+    del data  # unmaps the file
     return out
 
 
@@ -313,7 +391,9 @@ def build_bert_graph(
                 epsilon=eps,
             )
             f = g.op("MatMul", [x, g.const(wi.T, f"l{i}.ffn_in.weight")])
-            f = g.op("BiasGelu", [f, g.const(bi)], domain="com.microsoft")
+            # FastGelu is onnxruntime's tanh approximation (with the bias folded in).
+            gelu = "FastGelu" if config.tanh_gelu else "BiasGelu"
+            f = g.op(gelu, [f, g.const(bi)], domain="com.microsoft")
             f = g.op("MatMul", [f, g.const(w2.T, f"l{i}.ffn_out.weight")])
             x = g.op(
                 "SkipLayerNormalization",
@@ -344,15 +424,17 @@ def build_bert_graph(
                 epsilon=eps,
             )
             f = g.linear(x, wi, bi, f"l{i}.ffn_in")
-            # Exact (erf) GELU in the shape onnxruntime's GeluFusion recognises.
-            erf = g.op("Erf", [g.op("Div", [f, g.const(np.float32(np.sqrt(2.0)))])])
-            f = g.op(
-                "Mul",
-                [
-                    g.op("Mul", [f, g.op("Add", [erf, g.const(np.float32(1.0))])]),
-                    g.const(np.float32(0.5)),
-                ],
-            )
+            if config.tanh_gelu:
+                # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): the shape of FastGeluFusion.
+                cube = g.op("Mul", [g.op("Mul", [f, f]), f])
+                inner = g.op("Add", [f, g.op("Mul", [cube, g.const(np.float32(0.044715))])])
+                t = g.op("Tanh", [g.op("Mul", [inner, g.const(np.float32(np.sqrt(2 / np.pi)))])])
+                gate = g.op("Add", [t, g.const(np.float32(1.0))])
+            else:
+                # Exact (erf) GELU in the shape onnxruntime's GeluFusion recognises.
+                erf = g.op("Erf", [g.op("Div", [f, g.const(np.float32(np.sqrt(2.0)))])])
+                gate = g.op("Add", [erf, g.const(np.float32(1.0))])
+            f = g.op("Mul", [g.op("Mul", [f, gate]), g.const(np.float32(0.5))])
             f = g.linear(f, w2, b2, f"l{i}.ffn_out")
             x = g.op(
                 "LayerNormalization",
@@ -390,10 +472,11 @@ def build_bert_graph(
                 )
             ],
         )
-        out = g.linear(
-            pooled, _get(weights, "classifier.weight"), weights["classifier.bias"], "classifier"
-        )
-        out_name, out_dim = "logits", config.num_labels
+        classifier = _get(weights, "classifier.weight")
+        out = g.linear(pooled, classifier, weights["classifier.bias"], "classifier")
+        # The weights say how many labels there are: transformers leaves id2label out of
+        # config.json when it holds its default (2 labels), which the config cannot tell.
+        out_name, out_dim = "logits", int(classifier.shape[0])
     else:
         raise ValueError(f"head must be 'mean', 'cls' or 'classifier', not {head!r}")
     g.nodes.append(helper.make_node("Identity", [out], [out_name], name="output"))
@@ -516,5 +599,6 @@ __all__ = [
     "file_sha256",
     "load_weights",
     "quantize_int8",
+    "read_safetensors",
     "save_atomic",
 ]

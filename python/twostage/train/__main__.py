@@ -1,4 +1,5 @@
-"""``python -m twostage.train {mine,reranker,distill,export,evaluate,report,latency}``.
+"""``python -m twostage.train COMMAND``: mine, reranker, distill, encoder, encoder-eval, export,
+evaluate, report, latency.
 
 See docs/training.md.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +103,103 @@ def cmd_distill(a: argparse.Namespace) -> None:
     print(json.dumps(distill(cfg, a.teacher, resume=not a.no_resume), indent=2))
 
 
-def cmd_export(a: argparse.Namespace) -> None:
-    from twostage.train.export import export_folder
+def _data_files(data: Path, sets: str | None) -> list[Path]:
+    files = sorted(data.glob("*.jsonl")) if data.is_dir() else [data]
+    if sets:
+        files = [p for p in files if p.stem in sets.split(",")]
+    return files
 
-    out = export_folder(a.checkpoint, a.out, max_length=a.max_length, fp32=not a.int8_only)
+
+def cmd_encoder(a: argparse.Namespace) -> None:
+    from twostage.train.encoder import REEMBED_NOTE, EncoderTrainConfig, train_encoder
+
+    cfg = EncoderTrainConfig(
+        data=_data_files(a.data, a.sets),
+        out=a.out,
+        init=a.init,
+        layers=_ints(a.layers) if a.layers else None,
+        steps=a.steps,
+        batch=a.batch,
+        negatives=a.negatives,
+        neg_pool=a.neg_pool,
+        max_length=a.max_length,
+        query_max_length=a.query_max_length,
+        scale=a.scale,
+        lr=a.lr,
+        warmup=a.warmup,
+        seed=a.seed,
+        bf16=a.bf16,
+        threads=a.threads,
+        save_every=a.save_every,
+        max_minutes=a.max_minutes,
+        stop_at=a.stop_at,
+        repeat=_repeat(a.repeat or []),
+        device=a.device,
+        freeze_embeddings=not a.train_embeddings,
+    )
+    info = train_encoder(cfg, resume=not a.no_resume, progress=not a.no_progress)
+    print(json.dumps(info, indent=2))
+    print(REEMBED_NOTE.format(folder=info["encoder"]))
+
+
+def cmd_encoder_eval(a: argparse.Namespace) -> None:
+    from twostage.train.data import SHARED
+    from twostage.train.encoder import evaluate_encoder
+    from twostage.train.report import dev_query_ids
+
+    qids = None
+    if a.dev:
+        if a.split != "train":
+            raise SystemExit("--dev selects held-out *train* queries: use it with --split train")
+        qids = dev_query_ids(a.dev, a.shared or SHARED)
+    results: list[dict[str, Any]] = []
+    per = []
+    for spec in a.encoder:
+        res = evaluate_encoder(
+            spec,
+            a.data,
+            split=a.split,
+            query_ids=qids,
+            precision=a.precision,
+            cache=a.cache,
+            threads=a.threads,
+            keep=True,
+        )
+        per.append(res.pop("_per_query"))
+        print(json.dumps(res), flush=True)
+        results.append(res)
+    if len(per) > 1:
+        from twostage.evaluation import paired_test
+
+        # Each encoder against the first: paired t and randomization tests over the queries.
+        for res, p in zip(results[1:], per[1:], strict=True):
+            res["vs_first"] = {
+                m: {
+                    k: (float(f"{v:.3g}") if k.startswith("p_") else round(v, 4))
+                    if isinstance(v, float)
+                    else v
+                    for k, v in asdict(paired_test(per[0][m], p[m], m)).items()
+                }
+                for m in p
+            }
+            print(json.dumps({"encoder": res["encoder"], "vs": results[0]["encoder"],
+                              **res["vs_first"]}), flush=True)  # fmt: skip
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(results, indent=2))
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from twostage.train.export import export_encoder_folder, export_folder
+
+    settings = a.checkpoint / "twostage.json"
+    kind = json.loads(settings.read_text())["kind"] if settings.is_file() else "reranker"
+    if kind == "encoder":
+        out = export_encoder_folder(
+            a.checkpoint, a.out, max_length=a.max_length, fp32=not a.int8_only
+        )
+    else:
+        out = export_folder(a.checkpoint, a.out, max_length=a.max_length, fp32=not a.int8_only)
     print(out)
 
 
@@ -216,7 +311,68 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--student-layers", default="0,1", help="MiniLM layers for the student")
     d.set_defaults(fn=cmd_distill)
 
-    e = sub.add_parser("export", help="checkpoint folder -> ONNX folder (int8, compact)")
+    b = sub.add_parser(
+        "encoder",
+        help="fine-tune the bi-encoder (MNRL: in-batch + mined negatives) and export it",
+        description=(
+            "Fine-tune a bi-encoder on mined JSONL with the multiple-negatives ranking loss "
+            "and export RUN/encoder (ONNX int8 + fp32). A new encoder means re-embedding the "
+            "corpus: build a new collection with `twostage index build --encoder RUN/encoder`."
+        ),
+    )
+    b.add_argument("--data", type=Path, required=True, help="mined .jsonl or a folder of them")
+    b.add_argument("--sets", default=None, help="only these files (stems) from --data")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--init", type=Path, default=None, help="BERT folder (default MiniLM-L6)")
+    b.add_argument("--layers", default=None, help="keep these layers, e.g. 0,1,2 (default all)")
+    b.add_argument("--steps", type=int, default=1000)
+    b.add_argument("--batch", type=int, default=32, help="(query, positive) rows per step")
+    b.add_argument("--negatives", type=int, default=1, help="mined hard negatives per row")
+    b.add_argument("--neg-pool", type=int, default=10, help="drawn from this many hardest")
+    b.add_argument("--max-length", type=int, default=256, help="document tokens")
+    b.add_argument("--query-max-length", type=int, default=64)
+    b.add_argument("--scale", type=float, default=20.0, help="1 / temperature")
+    b.add_argument("--lr", type=float, default=2e-5)
+    b.add_argument("--warmup", type=float, default=0.1, help="fraction of --steps")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--bf16", action="store_true", help="bfloat16 autocast (AVX512-BF16/AMX)")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--save-every", type=int, default=50)
+    b.add_argument("--max-minutes", type=float, default=None)
+    b.add_argument(
+        "--stop-at", type=int, default=None, help="stop at this step (schedule: --steps)"
+    )
+    b.add_argument("--repeat", nargs="*", help="NAME=N: repeat a source's rows N times")
+    b.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    b.add_argument("--train-embeddings", action="store_true", help="also train word embeddings")
+    b.add_argument("--no-resume", action="store_true")
+    b.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    b.set_defaults(fn=cmd_encoder)
+
+    ee = sub.add_parser(
+        "encoder-eval",
+        help="NDCG@10 and Recall@100 of encoders: exact search over a BEIR split (no PyTorch)",
+    )
+    ee.add_argument("--data", type=Path, required=True, help="a BEIR folder (shared/data/scifact)")
+    ee.add_argument("--encoder", nargs="+", default=["minilm-l6"], help="built-in names or folders")
+    ee.add_argument("--split", default="test")
+    ee.add_argument(
+        "--dev",
+        type=Path,
+        default=None,
+        help="a mining output: only SciFact train queries without a row in it (--split train)",
+    )
+    ee.add_argument("--shared", type=Path, default=None, help="the shared/ folder (for --dev)")
+    ee.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    ee.add_argument("--cache", type=Path, default=None, help="folder for corpus vectors")
+    ee.add_argument("--threads", type=int, default=None, help="onnxruntime threads")
+    ee.add_argument("--json", type=Path, default=None)
+    ee.set_defaults(fn=cmd_encoder_eval)
+
+    e = sub.add_parser(
+        "export",
+        help="checkpoint folder -> ONNX folder (a reranker: int8 compact; an encoder: int8)",
+    )
     e.add_argument("checkpoint", type=Path)
     e.add_argument("out", type=Path)
     e.add_argument("--max-length", type=int, default=None)

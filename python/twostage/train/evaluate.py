@@ -63,9 +63,12 @@ def ndcg10(qrels: Qrels, run: Run) -> float:
         return ndcg_at_k(qrels, run, 10)
     q = {qid: dict(r) for qid, r in qrels.items()}
     r = {qid: {d: float(s) for d, s in docs.items()} for qid, docs in run.items() if qid in q}
-    val = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], q, r)[ir_measures.nDCG @ 10]
-    # ir-measures averages over the queries in the run; a query it never saw scores 0.
-    return float(val) * len([k for k in q if k in r]) / max(len(q), 1)
+    # Per query, every judged query counted once (0 where the run has none): versions of
+    # ir-measures differ in whether their aggregate already counts missing queries.
+    vals = dict.fromkeys(q, 0.0)
+    for row in ir_measures.iter_calc([ir_measures.nDCG @ 10], q, r):
+        vals[row.query_id] = float(row.value)
+    return float(np.mean(list(vals.values()))) if vals else 0.0
 
 
 def _key(*parts: str) -> str:

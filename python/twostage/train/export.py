@@ -172,4 +172,50 @@ def export_folder(
     return dst
 
 
-__all__ = ["compact_embeddings", "export_folder", "mean_classifier"]
+def export_encoder_folder(
+    checkpoint: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    max_length: int | None = None,
+    fp32: bool = True,
+) -> Path:
+    """A bi-encoder checkpoint (config.json + model.safetensors + tokenizer.json
+    [+ twostage.json]) -> ``model_int8.onnx`` (+ ``model.onnx``), ``tokenizer.json`` and
+    ``twostage.json`` in ``out``: the folder :meth:`twostage.encoder.Encoder.load` reads.
+
+    The same graph (``build_bert_graph``, fused, mean head) and the same quantiser as the
+    built-in ``minilm-l6`` export, so a fine-tuned encoder and its base differ only in
+    their weights. The word embeddings stay float32 (no ``compact``), as in the built-in.
+    """
+    src, dst = Path(checkpoint), Path(out)
+    dst.mkdir(parents=True, exist_ok=True)
+    config = BertConfig.from_file(src / "config.json")
+    settings: dict[str, Any] = {"kind": "encoder", "pooling": "mean", "normalize": True}
+    if (src / "twostage.json").is_file():
+        settings.update(json.loads((src / "twostage.json").read_text(encoding="utf-8")))
+    if settings.get("kind") != "encoder" or settings["pooling"] not in ("mean", "cls"):
+        raise ValueError(f"{src}: not a mean- or cls-pooling encoder checkpoint ({settings})")
+    if max_length is not None:
+        settings["max_length"] = max_length
+    settings["max_length"] = min(
+        int(settings.get("max_length", 512)), config.max_position_embeddings
+    )
+    graph = build_bert_graph(
+        config, load_weights(src / "model.safetensors"), head=settings["pooling"]
+    )
+    with tempfile.TemporaryDirectory(dir=dst) as tmp:
+        f32 = Path(tmp) / "model.onnx"
+        save_atomic(graph, f32)
+        quantize_int8(f32, Path(tmp) / "model_int8.onnx")
+        os.replace(Path(tmp) / "model_int8.onnx", dst / "model_int8.onnx")
+        if fp32:
+            os.replace(f32, dst / "model.onnx")
+    shutil.copy(src / "tokenizer.json", dst / "tokenizer.json")
+    (dst / "twostage.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    for f in dst.iterdir():
+        if f.is_file():
+            f.chmod(0o644)  # temp files are created 0600
+    return dst
+
+
+__all__ = ["compact_embeddings", "export_encoder_folder", "export_folder", "mean_classifier"]

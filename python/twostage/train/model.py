@@ -119,7 +119,8 @@ class BertCrossEncoder(nn.Module):
         self.pooler = nn.Linear(h, h)
         self.classifier = nn.Linear(h, 1)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
+        """The last layer's token states, [batch, seq, hidden]."""
         s = input_ids.shape[1]
         pos = torch.arange(s, device=input_ids.device)
         x = self.word(input_ids) + self.pos(pos)[None] + self.typ(token_type_ids)
@@ -128,6 +129,10 @@ class BertCrossEncoder(nn.Module):
         mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
         for layer in self.layers:
             x = layer(x, mask)
+        return x
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
+        x = self.hidden(input_ids, attention_mask, token_type_ids)
         if self.config.twostage_pooling == "mean":
             m = attention_mask[:, :, None].to(x.dtype)
             pooled = (x * m).sum(1) / m.sum(1).clamp_min(1e-9)
@@ -135,6 +140,70 @@ class BertCrossEncoder(nn.Module):
             pooled = torch.tanh(self.pooler(x[:, 0]))
         logits: Tensor = self.classifier(self.drop(pooled))[:, 0]
         return logits
+
+
+class BiEncoder(nn.Module):
+    """A sentence embedder: BERT, the masked mean of the last layer, L2-normalised.
+
+    all-MiniLM-L6-v2's recipe, and what :class:`twostage.encoder.Encoder` runs for a folder
+    with ``pooling: mean, normalize: true``. ``forward(ids, mask) -> [batch, hidden]`` unit
+    vectors in float32. The BERT part is a :class:`BertCrossEncoder` without its classifier;
+    its pooler is kept (a Hugging Face ``BertModel`` has one) but unused.
+    """
+
+    def __init__(self, bert: BertCrossEncoder) -> None:
+        super().__init__()
+        if hasattr(bert, "classifier"):
+            del bert.classifier
+        for p in bert.pooler.parameters():
+            p.requires_grad_(False)
+        self.bert = bert
+
+    @property
+    def config(self) -> CrossEncoderConfig:
+        return self.bert.config
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        x = self.bert.hidden(input_ids, attention_mask, torch.zeros_like(input_ids))
+        m = attention_mask[:, :, None].to(x.dtype)
+        pooled = (x * m).sum(1) / m.sum(1).clamp_min(1e-9)
+        return F.normalize(pooled.float(), dim=-1)
+
+
+def load_bi_encoder(
+    folder: Path, layers: list[int] | None = None, *, dropout: float = 0.1
+) -> BiEncoder:
+    """A :class:`BiEncoder` from a BERT checkpoint folder (all-MiniLM-L6-v2's, or one that
+    :func:`save_encoder_checkpoint` wrote); ``layers`` as in :func:`load_pretrained`."""
+    return BiEncoder(load_pretrained(folder, layers, dropout=dropout))
+
+
+def save_encoder_checkpoint(
+    model: BiEncoder, folder: Path, tokenizer: Path, settings: dict[str, Any]
+) -> Path:
+    """Write a Hugging Face ``BertModel`` folder: config.json, model.safetensors (no
+    ``bert.`` prefix, as sentence-transformers saves it), tokenizer.json and twostage.json
+    (``settings``: kind, pooling, normalisation, max length). ``Encoder.load`` reads it."""
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k.removeprefix("bert."): v for k, v in to_hf_state(model.bert).items()}
+    save_file(state, str(folder / "model.safetensors"))
+    cfg = {k: v for k, v in asdict(model.config).items() if k != "twostage_pooling"}
+    config = {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "hidden_act": "gelu",
+        "position_embedding_type": "absolute",
+        "pad_token_id": 0,
+        **cfg,
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if Path(tokenizer).resolve() != (folder / "tokenizer.json").resolve():
+        shutil.copy(tokenizer, folder / "tokenizer.json")
+    (folder / "twostage.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    return folder
 
 
 # ---- Hugging Face names <-> this module's names ------------------------------------------
@@ -171,10 +240,11 @@ def hf_name(name: str) -> str:
 def to_hf_state(model: BertCrossEncoder) -> dict[str, np.ndarray]:
     """float32 numpy weights under Hugging Face names.
 
-    A mean-pooling model has no pooler: its weights are left out, so a loader that would
-    apply BertForSequenceClassification's [CLS] head fails loudly instead of scoring wrong.
+    A mean-pooling cross-encoder has no pooler: its weights are left out, so a loader that
+    would apply BertForSequenceClassification's [CLS] head fails loudly instead of scoring
+    wrong. (A bi-encoder's BERT, which has no classifier, keeps its pooler.)
     """
-    mean = model.config.twostage_pooling == "mean"
+    mean = model.config.twostage_pooling == "mean" and hasattr(model, "classifier")
     return {
         hf_name(k): v.detach().float().cpu().numpy().copy()
         for k, v in model.state_dict().items()
@@ -258,10 +328,13 @@ def save_checkpoint(
 
 __all__ = [
     "BertCrossEncoder",
+    "BiEncoder",
     "CrossEncoderConfig",
     "hf_name",
+    "load_bi_encoder",
     "load_checkpoint_folder",
     "load_pretrained",
     "save_checkpoint",
+    "save_encoder_checkpoint",
     "to_hf_state",
 ]
