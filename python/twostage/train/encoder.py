@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from twostage._models import Precision
+from twostage.train.loop import Checkpoints, device, linear_warmup
 from twostage.train.mine import iter_jsonl
 
 if TYPE_CHECKING:
@@ -261,26 +262,7 @@ def mnrl_loss(
     return F.cross_entropy(s, torch.arange(q.shape[0], device=s.device))
 
 
-def _device(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _lr_lambda(cfg: EncoderTrainConfig) -> Any:
-    warm = max(1, int(cfg.steps * cfg.warmup))
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
-
-    return f
-
-
-class EncoderTrainer:
+class EncoderTrainer(Checkpoints):
     """One run: model, optimiser, schedule, data; :meth:`run` trains, saving as it goes."""
 
     def __init__(self, cfg: EncoderTrainConfig) -> None:
@@ -291,7 +273,7 @@ class EncoderTrainer:
 
         self.cfg = cfg
         torch.set_num_threads(cfg.threads)
-        self.device = _device(cfg.device)
+        self.device = device(cfg.device)
         init = cfg.init or default_init()
         self.tokenizer = init / "tokenizer.json"
         torch.manual_seed(cfg.seed)
@@ -308,7 +290,9 @@ class EncoderTrainer:
             ],
             lr=cfg.lr,
         )
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, linear_warmup(cfg.steps, cfg.warmup)
+        )
         self.queries = Tokens(self.tokenizer, cfg.query_max_length)
         self.docs = Tokens(self.tokenizer, cfg.max_length)
         self.rows = load_rows(cfg.data, cfg.repeat)
@@ -317,51 +301,6 @@ class EncoderTrainer:
         self.schedule = Schedule(self.rows, cfg.batch, cfg.seed)
         self.step = 0
         torch.manual_seed(cfg.seed)
-
-    # ---- checkpoints ----
-    def state(self) -> dict[str, Any]:
-        import torch
-
-        return {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "opt": self.opt.state_dict(),
-            "sched": self.sched.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "config": self.cfg.to_json(),
-        }
-
-    def save(self) -> Path:
-        import torch
-
-        ckdir = self.cfg.out / "checkpoints"
-        ckdir.mkdir(parents=True, exist_ok=True)
-        path = ckdir / f"step-{self.step:06d}.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
-        (ckdir / "last.json").write_text(json.dumps({"step": self.step, "path": path.name}))
-        for old in sorted(ckdir.glob("step-*.pt"))[:-2]:  # keep the two newest
-            old.unlink()
-        return path
-
-    def load(self, path: Path) -> None:
-        import torch
-
-        st = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(st["model"])
-        self.opt.load_state_dict(st["opt"])
-        self.sched.load_state_dict(st["sched"])
-        torch.set_rng_state(st["torch_rng"])
-        self.step = int(st["step"])
-
-    def resume(self) -> bool:
-        """Load the newest checkpoint under ``out/checkpoints`` if there is one."""
-        last = self.cfg.out / "checkpoints" / "last.json"
-        if not last.is_file():
-            return False
-        self.load(last.parent / json.loads(last.read_text())["path"])
-        return True
 
     # ---- training ----
     def train_step(self) -> tuple[float, int]:

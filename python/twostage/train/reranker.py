@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.nn import functional as F
 
+from twostage.train.loop import Checkpoints, device, linear_warmup
 from twostage.train.mine import iter_jsonl
 from twostage.train.model import BertCrossEncoder, load_pretrained, save_checkpoint
 
@@ -212,30 +212,13 @@ def listwise_loss(logits: torch.Tensor, group: int) -> torch.Tensor:
     return F.cross_entropy(s, torch.zeros(s.shape[0], dtype=torch.long, device=s.device))
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _lr_lambda(cfg: TrainConfig) -> Any:
-    warm = max(1, int(cfg.steps * cfg.warmup))
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warm))
-
-    return f
-
-
-class Trainer:
+class Trainer(Checkpoints):
     """One run: model, optimiser, schedule, data; :meth:`run` trains, saving as it goes."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         torch.set_num_threads(cfg.threads)
-        self.device = _device(cfg.device)
+        self.device = device(cfg.device)
         init = cfg.init or default_init()
         self.tokenizer = init / "tokenizer.json"
         self.model: BertCrossEncoder = load_pretrained(
@@ -262,53 +245,15 @@ class Trainer:
         self.opt = torch.optim.AdamW(
             [group(h, d) for h in (False, True) for d in (True, False)], lr=cfg.lr
         )
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, linear_warmup(cfg.steps, cfg.warmup)
+        )
         self.packer = Packer(self.tokenizer, cfg.max_length)
         self.rows = load_groups(cfg.data, cfg.repeat)
         if not self.rows:
             raise ValueError(f"no training rows with negatives in {cfg.data}")
         self.step = 0
         torch.manual_seed(cfg.seed)
-
-    # ---- checkpoints ----
-    def state(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "opt": self.opt.state_dict(),
-            "sched": self.sched.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "config": self.cfg.to_json(),
-        }
-
-    def save(self) -> Path:
-        ckdir = self.cfg.out / "checkpoints"
-        ckdir.mkdir(parents=True, exist_ok=True)
-        path = ckdir / f"step-{self.step:06d}.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
-        last = ckdir / "last.json"
-        last.write_text(json.dumps({"step": self.step, "path": path.name}))
-        for old in sorted(ckdir.glob("step-*.pt"))[:-2]:  # keep the two newest
-            old.unlink()
-        return path
-
-    def load(self, path: Path) -> None:
-        st = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(st["model"])
-        self.opt.load_state_dict(st["opt"])
-        self.sched.load_state_dict(st["sched"])
-        torch.set_rng_state(st["torch_rng"])
-        self.step = int(st["step"])
-
-    def resume(self) -> bool:
-        """Load the newest checkpoint under ``out/checkpoints`` if there is one."""
-        last = self.cfg.out / "checkpoints" / "last.json"
-        if not last.is_file():
-            return False
-        self.load(last.parent / json.loads(last.read_text())["path"])
-        return True
 
     # ---- training ----
     def train_step(self) -> float:
