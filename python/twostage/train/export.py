@@ -164,12 +164,7 @@ def export_folder(
         os.replace(i8, dst / "model_int8.onnx")
         if fp32:
             os.replace(f32, dst / "model.onnx")
-    shutil.copy(src / "tokenizer.json", dst / "tokenizer.json")
-    (dst / "twostage.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    for f in dst.iterdir():
-        if f.is_file():
-            f.chmod(0o644)  # temp files are created 0600
-    return dst
+    return _finish_folder(src, dst, settings)
 
 
 def export_encoder_folder(
@@ -210,6 +205,11 @@ def export_encoder_folder(
         os.replace(Path(tmp) / "model_int8.onnx", dst / "model_int8.onnx")
         if fp32:
             os.replace(f32, dst / "model.onnx")
+    return _finish_folder(src, dst, settings)
+
+
+def _finish_folder(src: Path, dst: Path, settings: dict[str, Any]) -> Path:
+    """The tokenizer and twostage.json beside the models, every file readable by others."""
     shutil.copy(src / "tokenizer.json", dst / "tokenizer.json")
     (dst / "twostage.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     for f in dst.iterdir():
