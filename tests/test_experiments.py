@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="needs the server extra (fastapi)")
@@ -25,9 +24,8 @@ pytest.importorskip("httpx", reason="needs httpx")
 pytest.importorskip("uvicorn", reason="needs uvicorn")
 
 import httpx
-from safetensors.numpy import load_file, save_file
 from test_server import AUTH, QUERIES, TOKEN, ServerThread, envelope
-from tinyce import MINILM_DIR, random_cross_encoder
+from tinyce import model_root
 from twostage.collection import Collection
 from twostage.config import EngineConfig
 from twostage.encoder import Encoder
@@ -55,17 +53,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two good models, one whose model.onnx is not ONNX, one that scores NaN."""
-    root = tmp_path_factory.mktemp("models")
-    random_cross_encoder(root / "ce1", seed=1)
-    random_cross_encoder(root / "ce2", seed=2)
-    broken = root / "broken"
-    broken.mkdir()
-    (broken / "model.onnx").write_bytes(b"this is not an ONNX graph")
-    shutil.copy(MINILM_DIR / "tokenizer.json", broken / "tokenizer.json")
-    nan = random_cross_encoder(root / "nan", seed=3)
-    weights = load_file(str(nan / "model.safetensors"))
-    weights["classifier.bias"] = np.full_like(weights["classifier.bias"], np.nan)
-    save_file(weights, str(nan / "model.safetensors"))
+    root = model_root(tmp_path_factory.mktemp("models"))
     return root
 
 

@@ -36,8 +36,7 @@ pytest.importorskip("uvicorn", reason="needs uvicorn")
 
 import httpx
 import uvicorn
-from safetensors.numpy import load_file, save_file
-from tinyce import MINILM_DIR, random_cross_encoder
+from tinyce import model_root, random_cross_encoder
 from twostage.collection import Collection
 from twostage.config import EngineConfig
 from twostage.encoder import Encoder
@@ -106,17 +105,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model root: two good models, a folder whose model.onnx is not ONNX, a NaN model."""
-    root = tmp_path_factory.mktemp("models")
-    random_cross_encoder(root / "ce1", seed=1)
-    random_cross_encoder(root / "ce2", seed=2)
-    broken = root / "broken"
-    broken.mkdir()
-    (broken / "model.onnx").write_bytes(b"this is not an ONNX graph")
-    shutil.copy(MINILM_DIR / "tokenizer.json", broken / "tokenizer.json")
-    nan = random_cross_encoder(root / "nan", seed=3)
-    weights = load_file(str(nan / "model.safetensors"))
-    weights["classifier.bias"] = np.full_like(weights["classifier.bias"], np.nan)
-    save_file(weights, str(nan / "model.safetensors"))
+    root = model_root(tmp_path_factory.mktemp("models"))
     outside = tmp_path_factory.mktemp("outside")
     random_cross_encoder(outside / "ce-out", seed=4)
     (root / "escape").symlink_to(outside / "ce-out")

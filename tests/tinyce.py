@@ -74,3 +74,21 @@ def random_cross_encoder(folder: Path, seed: int = 0) -> Path:
     (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 128}))
     shutil.copy(MINILM_DIR / "tokenizer.json", folder / "tokenizer.json")
     return folder
+
+
+def model_root(root: Path) -> Path:
+    """A model root for server tests: good models ``ce1`` and ``ce2``, ``broken`` (its
+    model.onnx is not ONNX) and ``nan`` (a classifier bias of NaN: every score is NaN)."""
+    from safetensors.numpy import load_file
+
+    random_cross_encoder(root / "ce1", seed=1)
+    random_cross_encoder(root / "ce2", seed=2)
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "model.onnx").write_bytes(b"this is not an ONNX graph")
+    shutil.copy(MINILM_DIR / "tokenizer.json", broken / "tokenizer.json")
+    nan = random_cross_encoder(root / "nan", seed=3)
+    weights = load_file(str(nan / "model.safetensors"))
+    weights["classifier.bias"] = np.full_like(weights["classifier.bias"], np.nan)
+    save_file(weights, str(nan / "model.safetensors"))
+    return root
