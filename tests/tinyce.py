@@ -33,10 +33,14 @@ CE_CONFIG = {
 }
 
 
-def random_cross_encoder(folder: Path, seed: int = 0) -> Path:
-    """Write a BertForSequenceClassification checkpoint with deterministic random weights."""
+def random_cross_encoder(folder: Path, seed: int = 0, layers: int = 2) -> Path:
+    """Write a BertForSequenceClassification checkpoint with deterministic random weights.
+
+    ``layers``: more layers mean more, smaller graph nodes per run (onnxruntime checks a
+    terminate flag only between nodes, so cancellation tests want many).
+    """
     rng = np.random.default_rng(seed)
-    c = CE_CONFIG
+    c = {**CE_CONFIG, "num_hidden_layers": layers}
     h, f = c["hidden_size"], c["intermediate_size"]
 
     def mat(*shape: int, scale: float = 0.15) -> np.ndarray:
