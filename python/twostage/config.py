@@ -64,6 +64,8 @@ class EngineConfig:
     max_k: int = 1000
     max_depth: int = 1000
     #: How long past the deadline a running reranker batch may go before it is cancelled.
+    #: onnxruntime stops a cancelled run at the next graph node, so the overshoot is also
+    #: bounded by one node of one batch: keep ``rerank_batch_size`` modest.
     cancel_grace_ms: float = 50.0
     #: A fixed reranker cost per padded token (ms) for the deadline, instead of the one
     #: measured at warm-up and updated after each batch: for predictable cut-offs.
