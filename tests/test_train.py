@@ -93,6 +93,23 @@ def test_mine_set_with_vectors_keeps_only_true_hard_negatives() -> None:
     assert rows[0]["neg_scores"] == pytest.approx([0.6, 0.5, 0.1], abs=1e-5)
 
 
+def test_bm25_mining_adds_word_matches_the_bi_encoder_ranks_low() -> None:
+    # The bi-encoder (these vectors) ranks "lex" last; it is the only other document that
+    # shares the query's words, so only the BM25 list brings it within k = 2.
+    q = np.array([[1.0, 0.0]], dtype=np.float32)
+    cos = {"pos": 0.9, "sem1": 0.7, "sem2": 0.6, "lex": 0.1}
+    text = {"pos": "zinc finger proteins", "sem1": "transcription factors",
+            "sem2": "dna binding", "lex": "zinc finger sandwich recipe"}  # fmt: skip
+    pids = sorted(cos)
+    d = np.array([[cos[p], np.sqrt(1 - cos[p] ** 2)] for p in pids], dtype=np.float32)
+    data = Judged("t", "", True, {"q": "zinc finger"}, text, {"q": {"pos"}})
+    dense = mine_set(data, None, MineConfig(k=2, margin=0.05), vectors=(q, d))
+    both = mine_set(data, None, MineConfig(k=2, margin=0.05, bm25=True), vectors=(q, d))
+    assert text["lex"] not in dense[0]["negatives"]
+    assert both[0]["negatives"][:2] == [text["sem1"], text["lex"]]  # interleaved rank by rank
+    assert both[0]["neg_scores"][1] == pytest.approx(0.1, abs=1e-5)  # its cosine, as the filter saw
+
+
 def test_mine_pairs_set_uses_judged_negatives_hardest_first() -> None:
     q = np.array([[1.0, 0.0]], dtype=np.float32)
     cos = {"a": 0.9, "b": 0.2, "c": 0.7, "u": 0.5}

@@ -45,6 +45,7 @@ def cmd_mine(a: argparse.Namespace) -> None:
             skip_top=a.skip_top,
             max_queries=caps.get(name),
             seed=a.seed,
+            bm25=a.bm25,
         )
         rows = mine_set(data, enc, cfg)
         if name in dev:
@@ -264,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--margin", type=float, default=0.05)
     m.add_argument("--keep", type=int, default=30)
     m.add_argument("--skip-top", type=int, default=0)
+    m.add_argument("--bm25", action="store_true", help="also mine BM25's top k (BEIR sets)")
     m.add_argument("--max-queries", nargs="*", help="NAME=N caps, e.g. medquad=2000")
     m.add_argument(
         "--dev",

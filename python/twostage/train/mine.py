@@ -7,6 +7,12 @@ positives, then drop likely *false* negatives: a candidate the bi-encoder scores
 reranker to push it down teaches it the wrong thing. What is left, best first, are the hard
 negatives.
 
+With ``bm25`` the candidates are the bi-encoder's top ``k`` and BM25's top ``k`` (tantivy, as
+the lexical first stage), interleaved rank by rank: BM25 brings negatives that share the
+query's words but not its meaning, the mistakes a reranker behind a hybrid first stage has
+to correct, which the bi-encoder alone never shows it. Every candidate is still judged by
+its cosine against the positive's, so the same false-negative filter applies to both.
+
 Pairs sets (judged candidate lists) need no search: a query's candidates judged 0 are its
 negatives, ordered by the bi-encoder so the hardest come first. Judged negatives are kept
 even when close to the positive (a person said they are not answers), unless
@@ -47,6 +53,7 @@ class MineConfig:
     minus ``margin`` (a likely false negative). ``keep``: negatives written per row.
     ``skip_top``: also drop the first ``skip_top`` candidates after the positives (another
     common false-negative guard; 0 by default). ``max_queries``: subsample large sets.
+    ``bm25``: also take BM25's top ``k`` (BEIR-layout sets; pairs sets have their own lists).
     """
 
     k: int = 50
@@ -56,6 +63,7 @@ class MineConfig:
     max_queries: int | None = None
     filter_judged: bool = False
     seed: int = 0
+    bm25: bool = False
 
 
 def select_negatives(
@@ -151,17 +159,52 @@ def mine_set(
                     negs = ranked[: cfg.keep]
                 rows.append(_row(data, q, pos, ps, negs))
     else:
-        idx, val = exact_topk(qv, dv, cfg.k + max(len(p) for p in data.positives.values()))
+        depth = cfg.k + max(len(p) for p in data.positives.values())
+        idx, val = exact_topk(qv, dv, depth)
+        lexical = bm25_topk(data, qids, pids, depth) if cfg.bm25 else None
         for qi, q in enumerate(qids):
-            ranked = [(pids[j], float(s)) for j, s in zip(idx[qi], val[qi], strict=True)]
+            dense = [int(j) for j in idx[qi][: cfg.k + len(data.positives[q])]]
+            if lexical is not None:
+                both = interleave(dense, lexical[qi][: cfg.k + len(data.positives[q])])
+                sims = dv[both] @ qv[qi]
+                ranked = [(pids[j], float(s)) for j, s in zip(both, sims, strict=True)]
+            else:
+                ranked = [(pids[j], float(s)) for j, s in zip(dense, val[qi], strict=False)]
             for pos in sorted(data.positives[q]):
                 ps = float(dv[row_of[pos]] @ qv[qi])
-                negs = select_negatives(
-                    ranked[: cfg.k + len(data.positives[q])], data.positives[q], ps, cfg
-                )
+                negs = select_negatives(ranked, data.positives[q], ps, cfg)
                 rows.append(_row(data, q, pos, ps, negs))
     rows = [r for r in rows if r["negatives"]]
     return rows
+
+
+def interleave(a: list[int], b: list[int]) -> list[int]:
+    """Rank by rank, ``a`` first, without repeats.
+
+    >>> interleave([1, 2, 3], [2, 4])
+    [1, 2, 4, 3]
+    """
+    out: dict[int, None] = {}
+    for i in range(max(len(a), len(b))):
+        for lst in (a, b):
+            if i < len(lst):
+                out.setdefault(lst[i], None)
+    return list(out)
+
+
+def bm25_topk(data: Judged, qids: list[str], pids: list[str], k: int) -> list[list[int]]:
+    """For each query, the rows (indices into ``pids``) of BM25's top ``k``, best first."""
+    import tempfile
+
+    from twostage.lexical import LexicalIndex
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="twostage-mine-") as tmp:
+        lex = LexicalIndex.create(Path(tmp) / "lexical")
+        lex.upsert(np.arange(len(pids), dtype=np.uint64), [data.corpus[p] for p in pids], seq=1)
+        out = [[int(j) for j in lex.search(data.queries[q], k)[0]] for q in qids]
+    _log(f"  bm25: {len(pids)} documents, {len(qids)} queries ({time.perf_counter() - t0:.1f} s)")
+    return out
 
 
 def _row(
@@ -216,8 +259,10 @@ def iter_jsonl(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
 
 __all__ = [
     "MineConfig",
+    "bm25_topk",
     "encode",
     "exact_topk",
+    "interleave",
     "iter_jsonl",
     "mine_set",
     "select_negatives",
