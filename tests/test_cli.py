@@ -27,6 +27,7 @@ def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
         ["index", "add"],
         ["index", "delete"],
         ["index", "info"],
+        ["index", "reembed"],
         ["search"],
         ["models"],
         ["models", "list"],
@@ -143,3 +144,17 @@ def test_build_refuses_another_encoder_for_an_existing_collection(collection: Pa
                 str(collection), "--encoder", "minilm-l6", "--precision", "fp32")  # fmt: skip
     assert other.returncode == 1
     assert "fingerprint" in other.stderr and "build a new collection" in other.stderr
+
+
+def test_reembed_a_collection_into_a_new_generation(tmp_path: Path, collection: Path) -> None:
+    out = tmp_path / "col-v2"
+    args = ("index", "reembed", str(collection), "--no-progress", "--encoder", "minilm-l6")
+    done = run(*args, "--out", str(out), "--precision", "fp32")
+    assert done.returncode == 0, done.stderr
+    assert "40 documents" in done.stdout and "untouched" in done.stdout
+    info = json.loads(run("index", "info", str(out), "--json").stdout)
+    assert info["documents"] == info["indexed"] == 40 and info["encoder"]["precision"] == "fp32"
+    hit = run("search", str(out), "assert statement", "-k", "1", "--json", "--no-rerank")
+    assert json.loads(hit.stdout)["hits"][0]["id"].startswith("topic:assert")
+    same = run(*args, "--out", str(tmp_path / "again"))  # int8: the collection's own encoder
+    assert same.returncode == 1 and "nothing to re-embed" in same.stderr

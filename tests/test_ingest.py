@@ -174,3 +174,50 @@ def test_kill_a_real_process_and_resume(tmp_path: Path, encoder: Encoder) -> Non
     assert done.returncode == 0, done.stderr
     assert f"resumed after line {killed_at}" in done.stdout
     same(snapshot(tmp_path / "whole"), snapshot(out))
+
+
+def test_reembed_builds_a_new_generation_and_leaves_the_source(
+    tmp_path: Path, encoder: Encoder
+) -> None:
+    """A new encoder (here the same model unquantised: another fingerprint, other vectors)."""
+    from twostage.errors import InvalidArgument
+    from twostage.ingest import reembed
+
+    src = tmp_path / "v1"
+    build(write_corpus(tmp_path / "c.jsonl", 120), src, encoder=encoder, progress=False)
+    before = snapshot(src)
+    fp32 = Encoder.load("minilm-l6", precision="fp32")
+    # Interrupted after one chunk: the rerun adds only what is missing.
+    with pytest.raises(KeyboardInterrupt), pytest.MonkeyPatch.context() as mp:
+        real_add = Collection.add
+        calls = []
+
+        def add_then_stop(self, docs, **kw):  # type: ignore[no-untyped-def]
+            calls.append(len(docs))
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real_add(self, docs, **kw)
+
+        mp.setattr(Collection, "add", add_then_stop)
+        reembed(src, tmp_path / "v2", fp32, chunk_size=50, progress=False)
+    report = reembed(src, tmp_path / "v2", fp32, chunk_size=50, progress=False)
+    assert (report.documents, report.resumed, report.embedded) == (120, 50, 70)
+    same(snapshot(src), before)  # the source is only read
+    with Collection.open(src) as old, Collection.open(tmp_path / "v2", fp32) as new:
+        assert new.manifest["encoder"]["precision"] == "fp32"
+        ids = sorted(old.store.ids())
+        assert sorted(new.store.ids()) == ids
+        for a, b in zip(old.get(ids), new.get(ids), strict=True):
+            assert (a.id, a.title, a.text, a.metadata) == (b.id, b.title, b.text, b.metadata)
+        keys = new.store.keys_of(ids[:5])
+        got = new.index.get(np.array([keys[i] for i in ids[:5]], dtype=np.uint64))
+        want = fp32.encode([d.content for d in new.get(ids[:5])])
+        want /= np.linalg.norm(want, axis=1, keepdims=True)
+        np.testing.assert_allclose(got, want, atol=2e-3)  # f16 index
+        q = "how do I compress data with gzip"
+        assert new.index.search(new.embed_query(q), 5).keys.size == 5
+        assert new.lexical is not None and len(new.lexical) == 120
+    with pytest.raises(InvalidArgument, match="already embedded by"):
+        reembed(src, tmp_path / "v3", encoder, progress=False)
+    with pytest.raises(InvalidArgument, match="another folder"):
+        reembed(src, src, fp32, progress=False)

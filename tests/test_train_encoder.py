@@ -3,7 +3,7 @@
 The batching and metric tests need no PyTorch. The training tests skip where it is absent
 (the optional extra ``twostage[train]``); they train a 1-layer slice of the real
 all-MiniLM-L6-v2 on real SciFact text from the package's 1k sample: mechanics, not quality
-(the quality figures are in docs/training.md).
+(the quality figures are in TRAINING.md).
 """
 
 from __future__ import annotations

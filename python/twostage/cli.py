@@ -129,6 +129,25 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("dir")
     i.add_argument("--json", action="store_true", help="machine-readable output")
 
+    r = isub.add_parser(
+        "reembed",
+        help="a new collection generation: every document of DIR, embedded by another encoder",
+        description=(
+            "Re-embed a collection with a new encoder (e.g. one from `python -m twostage.train "
+            "encoder`). A new encoder changes every stored vector, so, unlike a reranker swap, "
+            "it needs a new collection: --out gets the same documents and index settings, DIR "
+            "is only read and keeps serving until you switch. Interrupted: run it again."
+        ),
+        epilog="example:\n  twostage index reembed docs/ --encoder enc-run/encoder --out docs-v2/",
+    )
+    _fmt(r)
+    r.add_argument("dir", help="the collection to re-embed (read only)")
+    r.add_argument("--encoder", required=True, help="built-in name or model folder")
+    r.add_argument("--out", required=True, help="the new collection folder")
+    r.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    r.add_argument("--batch-size", type=int, default=32, help="texts per encoder call")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     # ---- search ----
     s = sub.add_parser(
         "search",
@@ -409,6 +428,26 @@ def _index_delete(args: argparse.Namespace) -> int:
     with Collection.open(args.dir) as col:
         n = col.delete(args.ids, missing_ok=args.missing_ok)
         print(f"{args.dir}: deleted {n}; {len(col)} documents")
+    return 0
+
+
+def _index_reembed(args: argparse.Namespace) -> int:
+    from twostage.encoder import Encoder
+    from twostage.ingest import reembed
+
+    encoder = Encoder.load(args.encoder, precision=args.precision)
+    try:
+        report = reembed(
+            args.dir,
+            args.out,
+            encoder,
+            batch_size=args.batch_size,
+            progress=False if args.no_progress else None,
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command to resume into {args.out}", file=sys.stderr)
+        return 130
+    print(report)
     return 0
 
 
@@ -705,6 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("index", "add"): _index_add,
         ("index", "delete"): _index_delete,
         ("index", "info"): _index_info,
+        ("index", "reembed"): _index_reembed,
         ("models", "list"): _models_list,
         ("models", "build"): _models_build,
     }

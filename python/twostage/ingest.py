@@ -307,4 +307,105 @@ def _progress(src: Path, initial: int, show: bool) -> _Bar:
     return _Bar(count_lines(src) if show else None, initial, show)
 
 
-__all__ = ["IngestReport", "build"]
+@dataclass
+class ReembedReport:
+    """What a re-embedding did: the new generation's counts, time and rate."""
+
+    source: str
+    collection: str
+    encoder: str
+    documents: int = 0  # in the new collection at the end
+    embedded: int = 0  # by this run
+    resumed: int = 0  # already there from an interrupted earlier run
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
+        line = (
+            f"{self.collection}: {self.documents} documents of {self.source} re-embedded with "
+            f"{self.encoder}; this run embedded {self.embedded} in {self.seconds:.1f} s "
+            f"({rate:.1f} docs/s)"
+        )
+        if self.resumed:
+            line += f", {self.resumed} were already there"
+        return (
+            line + f"\n  {self.source} is untouched: serve {self.collection} in its place "
+            "(queries must be embedded by the encoder that embedded the documents)"
+        )
+
+
+def reembed(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    encoder: Encoder,
+    *,
+    chunk_size: int = 1024,
+    batch_size: int = 32,
+    progress: bool | None = None,
+) -> ReembedReport:
+    """A new generation of the collection in ``source``: every document, embedded by ``encoder``.
+
+    A new encoder changes every stored vector, so, unlike a reranker swap, it needs a new
+    collection. ``out`` gets the same documents (ids, text, titles, metadata) and the same
+    index settings; ``source`` is only read, and keeps serving until ``out`` replaces it.
+    An interrupted run resumes: run it again and documents already in ``out`` are skipped.
+
+    >>> print(reembed("docs/", "docs-v2/", Encoder.load("my-encoder/")))  # doctest: +SKIP
+    """
+    from twostage.collection import read_manifest
+
+    src_dir, out_dir = Path(source), Path(out)
+    if src_dir.resolve() == out_dir.resolve():
+        raise InvalidArgument("re-embedding writes a new collection: --out must be another folder")
+    m = read_manifest(src_dir)
+    if m["encoder"]["fingerprint"] == encoder.fingerprint:
+        raise InvalidArgument(
+            f"{src_dir} is already embedded by {encoder.name} ({encoder.precision}, "
+            f"fingerprint {encoder.fingerprint}): nothing to re-embed"
+        )
+    t0 = time.perf_counter()
+    with Collection.open(src_dir) as src:
+        if (out_dir / MANIFEST).exists():
+            dst = Collection.open(out_dir, encoder)  # refuses a different encoder
+        else:
+            dst = Collection.create(
+                out_dir,
+                encoder,
+                metric=m["metric"],
+                dtype=m["dtype"],
+                shards=m["shards"],
+                connectivity=m["connectivity"],
+                ef_construction=m["ef_construction"],
+                ef_search=m["ef_search"],
+                embedding_dtype=m["embedding_dtype"],
+                lexical=bool(m.get("lexical")),
+            )
+        report = ReembedReport(str(src_dir), str(out_dir), f"{encoder.name} ({encoder.precision})")
+        with dst:
+            bar = _Bar(len(src), 0, sys.stderr.isatty() if progress is None else progress)
+            ids: list[str] = []
+            seen = 0
+
+            def flush() -> None:
+                nonlocal seen
+                todo = [i for i in ids if i not in dst]
+                report.resumed += len(ids) - len(todo)
+                if todo:
+                    dst.add(src.get(todo), batch_size=batch_size)
+                    report.embedded += len(todo)
+                seen += len(ids)
+                bar(seen)
+                ids.clear()
+
+            for doc_id in src.store.ids():
+                ids.append(doc_id)
+                if len(ids) >= chunk_size:
+                    flush()
+            flush()
+            bar.close()
+            report.documents = len(dst)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+__all__ = ["IngestReport", "ReembedReport", "build", "reembed"]

@@ -6,6 +6,6 @@
 * :mod:`twostage.train.export`: checkpoint -> int8 ONNX folder (no PyTorch).
 * :mod:`twostage.train.evaluate`: NDCG@10 first stage vs reranked, latency (no PyTorch).
 
-The command line is ``python -m twostage.train --help``; docs/training.md has the runs.
+The command line is ``python -m twostage.train --help``; TRAINING.md has the runs.
 PyTorch is the optional extra ``twostage[train]``; only modules of this package import it.
 """

@@ -1,7 +1,7 @@
 """``python -m twostage.train COMMAND``: mine, reranker, distill, encoder, encoder-eval, export,
 evaluate, report, latency.
 
-See docs/training.md.
+See TRAINING.md.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ rows' positives are the in-batch negatives) and every mined negative.
   the graph and quantiser of the built-in ``minilm-l6``) to a folder ``Encoder.load`` reads.
 
 A new encoder changes every stored vector: unlike a reranker swap, it means re-embedding the
-corpus into a new collection (``twostage index build --encoder FOLDER``).
+corpus into a new collection (``twostage index reembed OLD --encoder FOLDER --out NEW``).
 
 Training needs PyTorch (``pip install 'twostage[train]'``); :func:`evaluate_encoder` does not.
 
@@ -51,7 +51,9 @@ if TYPE_CHECKING:
 
 REEMBED_NOTE = (
     "A new encoder means re-embedding the corpus (unlike a reranker swap): every stored "
-    "vector changes. Build a new collection with it, e.g.\n"
+    "vector changes. Build a new collection generation with it, from the old collection\n"
+    "  twostage index reembed OLD_COLLECTION --encoder {folder} --out NEW_COLLECTION\n"
+    "or from the corpus file\n"
     "  twostage index build --corpus CORPUS --encoder {folder} --out NEW_COLLECTION\n"
     "and serve that folder in place of the old one (a new folder: an existing collection "
     "keeps the encoder named in its manifest)."

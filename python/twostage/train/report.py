@@ -1,4 +1,4 @@
-"""The full measurement of a trained reranker, as docs/training.md reports it (no PyTorch).
+"""The full measurement of a trained reranker, as TRAINING.md reports it (no PyTorch).
 
 1. **dev**: SciFact *train* queries that training never saw (those held out at mining, and
    those that got no row) -> first stage, reranked at each depth, and the fusion weight
