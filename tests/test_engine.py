@@ -7,6 +7,7 @@ cost, batching, cancellation and identity are real, which is what these tests ch
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -344,3 +345,43 @@ def test_fusion_orders_by_reranker_score_plus_weighted_similarity(
     assert all(h.score == h.reranker_score for h in plain.hits)
     # The model's own setting applies when the config leaves it open (this one has none).
     assert rr_a.fusion_weight is None
+
+
+def test_z_fusion_standardises_both_scores_per_query(col: Collection, rr_a: Reranker) -> None:
+    eng = Engine(col, reranker=rr_a, config=unlimited(fusion_weight=0.3, fusion_rule="z"))
+    resp = eng.search(QUERY, k=30, depth=30)
+    assert all(h.reranked for h in resp.hits)
+    lg = np.array([h.reranker_score for h in resp.hits])
+    cs = np.array([h.first_stage_score for h in resp.hits])
+    want = 0.7 * (lg - lg.mean()) / lg.std() + 0.3 * (cs - cs.mean()) / cs.std()
+    np.testing.assert_allclose([h.score for h in resp.hits], want, rtol=1e-4, atol=1e-4)
+    assert [h.score for h in resp.hits] == sorted((h.score for h in resp.hits), reverse=True)
+    # Share 0 is the reranker's own order; share 1 the first stage's.
+    only_rr = Engine(col, reranker=rr_a, config=unlimited(fusion_weight=0.0, fusion_rule="z"))
+    assert [h.id for h in only_rr.search(QUERY, k=30, depth=30).hits] == [
+        h.id for h in sorted(resp.hits, key=lambda h: -h.reranker_score)
+    ]
+    only_fs = Engine(col, reranker=rr_a, config=unlimited(fusion_weight=1.0, fusion_rule="z"))
+    assert [h.first_stage_rank for h in only_fs.search(QUERY, k=30, depth=30).hits] == list(
+        range(30)
+    )
+    with pytest.raises(InvalidArgument, match="share"):
+        EngineConfig(fusion_weight=20.0, fusion_rule="z")
+    with pytest.raises(InvalidArgument, match="fusion_rule"):
+        EngineConfig(fusion_rule="max")
+
+
+def test_a_model_with_a_bad_fusion_mode_is_refused(tmp_path: Path) -> None:
+    from twostage.errors import InvalidModel
+    from twostage.train.export import export_folder
+
+    onnx = export_folder(random_cross_encoder(tmp_path / "ce", seed=6), tmp_path / "onnx")
+    settings = json.loads((onnx / "twostage.json").read_text())
+    for bad in ({"mode": "max"}, {"mode": "z", "first_stage_weight": 20}):
+        (onnx / "twostage.json").write_text(json.dumps({**settings, "fusion": bad}))
+        with pytest.raises(InvalidModel, match="fusion"):
+            Reranker.load(onnx, precision="fp32")
+    good = {"mode": "z", "first_stage_weight": 0.4}
+    (onnx / "twostage.json").write_text(json.dumps({**settings, "fusion": good}))
+    rr = Reranker.load(onnx, precision="fp32")
+    assert (rr.fusion_rule, rr.fusion_weight) == ("z", 0.4)

@@ -70,9 +70,12 @@ class EngineConfig:
     #: A fixed reranker cost per padded token (ms) for the deadline, instead of the one
     #: measured at warm-up and updated after each batch: for predictable cut-offs.
     rerank_ms_per_token: float | None = None
-    #: Reranked hits are ordered by ``reranker score + fusion_weight * first-stage
-    #: similarity``. None: the reranker's own setting (its twostage.json ``fusion``), else 0.
+    #: Reranked hits are ordered by the reranker score fused with the first-stage similarity
+    #: (:func:`twostage.engine.fuse`): ``score + fusion_weight * similarity`` ("linear"), or
+    #: standardised per query with ``fusion_weight`` the similarity's share in [0, 1] ("z").
+    #: None: the reranker's own setting (its twostage.json ``fusion``), else 0 / "linear".
     fusion_weight: float | None = None
+    fusion_rule: str | None = None
     #: Where candidates come from: "dense" (bi-encoder + HNSW), "bm25" (the collection's
     #: lexical index) or "hybrid" (both, fused by reciprocal rank).
     first_stage: str = field(
@@ -82,6 +85,16 @@ class EngineConfig:
     rrf_c: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.fusion_rule not in (None, "linear", "z"):
+            raise InvalidArgument(
+                f"EngineConfig.fusion_rule must be 'linear' or 'z', not {self.fusion_rule!r}"
+            )
+        if self.fusion_rule == "z" and self.fusion_weight is not None:
+            if not 0.0 <= self.fusion_weight <= 1.0:
+                raise InvalidArgument(
+                    "with fusion_rule 'z', fusion_weight is the similarity's share: "
+                    f"0..1, not {self.fusion_weight}"
+                )
         if self.first_stage not in FIRST_STAGES:
             raise InvalidArgument(
                 f"EngineConfig.first_stage must be one of {', '.join(FIRST_STAGES)}, "
@@ -89,7 +102,7 @@ class EngineConfig:
             )
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None or f.name == "first_stage":
+            if value is None or f.name in ("first_stage", "fusion_rule"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidArgument(f"EngineConfig.{f.name} must be a number, not {value!r}")

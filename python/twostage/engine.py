@@ -95,8 +95,8 @@ class LRUCache(Generic[K, V]):
 class Hit:
     """One result.
 
-    ``score`` is the reranker's score when ``reranked`` (plus ``w`` times the first-stage
-    similarity when the model or the config asks for fusion, see
+    ``score`` is the reranker's score when ``reranked`` (fused with the first-stage
+    similarity when the model or the config asks for it: :func:`fuse`,
     :attr:`EngineConfig.fusion_weight`), else the first-stage score; the scales differ, so
     compare scores only among hits with the same ``reranked``. ``first_stage_score`` is the
     first stage's own score: the dense similarity (``1 - distance`` for cos/ip,
@@ -168,6 +168,30 @@ class PairScorer(Protocol):
         ``reranker failed`` or ``reranker returned non-finite`` as the engine's own do.
         """
         ...
+
+
+FUSION_RULES = ("linear", "z")
+
+
+def fuse(logits: np.ndarray, sims: np.ndarray, w: float, rule: str = "linear") -> np.ndarray:
+    """The score reranked candidates are ordered by: the reranker's beside the first stage's.
+
+    ``linear``: ``logit + w * similarity``. ``z``: ``(1 - w) * z(logit) + w * z(similarity)``,
+    each standardised over this query's scored candidates, so ``w`` (in [0, 1]) does not
+    depend on how widely a model's logits spread in one domain or another.
+
+    >>> fuse(np.array([2.0, 0.0, 1.0]), np.array([0.5, 0.7, 0.6]), 0.25, "z").round(2).tolist()
+    [0.61, -0.61, 0.0]
+    """
+    if rule == "linear":
+        return logits + w * sims
+    if rule != "z":
+        raise InvalidArgument(f"fusion rule must be one of {', '.join(FUSION_RULES)}, not {rule!r}")
+
+    def z(x: np.ndarray) -> np.ndarray:
+        return (x - x.mean()) / (x.std() + 1e-6)
+
+    return (1.0 - w) * z(logits) + w * z(sims)
 
 
 class _Cancel:
@@ -335,9 +359,11 @@ class Engine:
         deadline = t0 + budget / 1000.0
         rr = self._slot.get()[1]  # one model for the whole answer
         want_rerank = rerank and depth > 0 and rr is not None
-        w = cfg.fusion_weight
+        w, rule = cfg.fusion_weight, cfg.fusion_rule
         if rr is not None and w is None:
             w = rr.fusion_weight
+        if rr is not None and rule is None:
+            rule = rr.fusion_rule
         if not want_rerank:
             w = 0.0
 
@@ -376,8 +402,15 @@ class Engine:
         t_rr = time.perf_counter()
 
         final = scored
-        if w and sims is not None:  # the model was trained to be read beside the similarity
-            final = {pos: s + w * float(sims[pos]) for pos, s in scored.items()}
+        if w and sims is not None and scored:  # the model is read beside the similarity
+            pos_ = np.fromiter(scored, dtype=np.int64, count=len(scored))
+            fused = fuse(
+                np.fromiter(scored.values(), dtype=np.float64, count=len(scored)),
+                np.asarray(sims, dtype=np.float64)[pos_],
+                float(w),
+                rule or "linear",
+            )
+            final = dict(zip(scored, fused.tolist(), strict=True))
         order = (
             rerank_order(np.arange(len(docs), dtype=np.uint64), final)
             if final

@@ -96,6 +96,15 @@ class Reranker(OnnxModel):
             )
         self._output = out.name
         self._settings = files.settings
+        fusion = files.settings.get("fusion") or {}
+        mode, w = fusion.get("mode") or "linear", fusion.get("first_stage_weight")
+        if mode not in ("linear", "z"):
+            raise InvalidModel(f"twostage.json: fusion.mode must be 'linear' or 'z', not {mode!r}")
+        if mode == "z" and w is not None and not 0.0 <= float(w) <= 1.0:
+            raise InvalidModel(
+                f"twostage.json: with fusion.mode 'z' the first_stage_weight is a share in 0..1, "
+                f"not {w}"
+            )
 
     # ---- properties ----
     @property
@@ -112,6 +121,12 @@ class Reranker(OnnxModel):
         fusion = self._settings.get("fusion") or {}
         w = fusion.get("first_stage_weight")
         return None if w is None else float(w)
+
+    @property
+    def fusion_rule(self) -> str:
+        """How :attr:`fusion_weight` combines the scores: ``"linear"`` or ``"z"``
+        (:func:`twostage.engine.fuse`); ``fusion.mode`` in twostage.json, default linear."""
+        return str((self._settings.get("fusion") or {}).get("mode") or "linear")
 
     @property
     def recommended_depth(self) -> int | None:

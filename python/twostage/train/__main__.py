@@ -239,6 +239,7 @@ def cmd_report(a: argparse.Namespace) -> None:
         ood_depths=_ints(a.ood_depths) if a.ood_depths else None,
         cache=a.cache,
         max_length=a.max_length,
+        rule=a.fusion_rule,
     )
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
@@ -406,6 +407,12 @@ def main(argv: list[str] | None = None) -> None:
     rp.add_argument("--mined", type=Path, required=True, help="the mining output (for dev queries)")
     rp.add_argument("--depths", default="10,20,50")
     rp.add_argument("--ood-depths", default="10,20", help="depths for the other collections")
+    rp.add_argument(
+        "--fusion-rule",
+        default="linear",
+        choices=["linear", "z"],
+        help="linear: logit + w * cosine; z: (1 - w) z(logit) + w z(cosine), per query",
+    )
     rp.add_argument("--max-length", type=int, default=None)
     rp.add_argument("--cache", type=Path, default=None)
     rp.add_argument("--json", type=Path, default=None)

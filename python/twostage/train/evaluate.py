@@ -115,15 +115,19 @@ def rerank_run(
     logits: dict[str, np.ndarray],
     depth: int,
     fusion: float | None = None,
+    rule: str = "linear",
 ) -> dict[str, dict[str, float]]:
-    """A run where the top ``depth`` are ordered by logit (+ fusion * cosine), the rest
-    follow in first-stage order (scores kept strictly below the reranked ones)."""
+    """A run where the top ``depth`` are ordered by logit (fused with the cosine by
+    :func:`twostage.engine.fuse` when ``fusion`` is given), the rest follow in first-stage
+    order (scores kept strictly below the reranked ones)."""
+    from twostage.engine import fuse
+
     run: dict[str, dict[str, float]] = {}
     for q, lst in cands.items():
         top, rest = lst[:depth], lst[depth:]
         s = logits[q][: len(top)].astype(np.float64)
         if fusion is not None:
-            s = s + fusion * np.array([c for _, c in top])
+            s = fuse(s, np.array([c for _, c in top]), fusion, rule)
         scores = {d: 1000.0 + float(v) for (d, _), v in zip(top, s, strict=True)}
         for i, (d, _) in enumerate(rest):
             scores[d] = -float(i)
@@ -132,6 +136,8 @@ def rerank_run(
 
 
 FUSION_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0)
+#: For ``rule="z"`` the weight is the cosine's share, in [0, 1].
+Z_FUSION_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def score_candidates(
@@ -154,13 +160,17 @@ def fit_fusion(
     cands: dict[str, list[tuple[str, float]]],
     logits: dict[str, np.ndarray],
     depth: int,
-    grid: Sequence[float] = FUSION_GRID,
+    grid: Sequence[float] | None = None,
+    rule: str = "linear",
 ) -> tuple[float, dict[str, float]]:
-    """The weight ``w`` in ``logit + w * cosine`` with the best NDCG@10 (ties: smaller w).
+    """The fusion weight with the best NDCG@10 (ties: smaller w): ``w`` in
+    ``logit + w * cosine`` (``rule="linear"``), or the cosine's share (``"z"``).
 
     Fit it on training queries held out from training, never on a test split.
     """
-    table = {str(w): ndcg10(qrels, rerank_run(cands, logits, depth, w)) for w in grid}
+    if grid is None:
+        grid = Z_FUSION_GRID if rule == "z" else FUSION_GRID
+    table = {str(w): ndcg10(qrels, rerank_run(cands, logits, depth, w, rule)) for w in grid}
     best = max(grid, key=lambda w: (round(table[str(w)], 6), -w))
     return float(best), {k: round(v, 4) for k, v in table.items()}
 

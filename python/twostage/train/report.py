@@ -49,11 +49,12 @@ def report(
     max_length: int | None = None,
     shared: Path = SHARED,
     lat_pairs: Sequence[int] = (10, 20, 50, 100),
+    rule: str = "linear",
 ) -> dict[str, Any]:
     from twostage.reranker import Reranker
 
     rr = Reranker.load(model, max_length=max_length)
-    out: dict[str, Any] = {"model": rr.version, "max_length": rr.max_length}
+    out: dict[str, Any] = {"model": rr.version, "max_length": rr.max_length, "fusion_rule": rule}
     data = shared / "data"
 
     dev_ids = dev_query_ids(mined, shared)
@@ -63,13 +64,16 @@ def report(
     )  # fmt: skip
     weights = {}
     for d in depths:
-        w, table = fit_fusion(dev["_qrels"], dev["_cands"], dev["_logits"], d)
+        w, table = fit_fusion(dev["_qrels"], dev["_cands"], dev["_logits"], d, rule=rule)
         weights[str(d)] = w
         dev.setdefault("fusion_sweep", {})[str(d)] = table
     dev["fusion_weight"] = weights
     dev["fused"] = {
         str(d): round(
-            ndcg10(dev["_qrels"], rerank_run(dev["_cands"], dev["_logits"], d, weights[str(d)])), 4
+            ndcg10(
+                dev["_qrels"], rerank_run(dev["_cands"], dev["_logits"], d, weights[str(d)], rule)
+            ),
+            4,
         )
         for d in depths
     }
@@ -85,7 +89,8 @@ def report(
         res["fused"] = {
             str(d): round(
                 ndcg10(
-                    res["_qrels"], rerank_run(res["_cands"], res["_logits"], d, weights[str(d)])
+                    res["_qrels"],
+                    rerank_run(res["_cands"], res["_logits"], d, weights[str(d)], rule),
                 ),
                 4,
             )
@@ -119,8 +124,10 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {name} | {r['first_stage']:.4f} | " + " | ".join(cells) + " |")
     w = res["dev"]["fusion_weight"]
     lines.append("")
+    rule = res.get("fusion_rule", "linear")
+    what = "logit + w * cosine" if rule == "linear" else "(1 - w) z(logit) + w z(cosine)"
     lines.append(
-        "fusion weight w (logit + w * cosine, fitted on dev): "
+        f"fusion weight w ({what}, fitted on dev): "
         + ", ".join(f"depth {d}: {w[d]}" for d in depths)
     )
     if "latency" in res:
