@@ -369,6 +369,8 @@ def test_z_fusion_standardises_both_scores_per_query(col: Collection, rr_a: Rera
         EngineConfig(fusion_weight=20.0, fusion_rule="z")
     with pytest.raises(InvalidArgument, match="fusion_rule"):
         EngineConfig(fusion_rule="max")
+    with pytest.raises(InvalidArgument, match="needs fusion_weight"):
+        EngineConfig(fusion_rule="z")
 
 
 def test_a_model_with_a_bad_fusion_mode_is_refused(tmp_path: Path) -> None:

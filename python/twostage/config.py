@@ -89,6 +89,11 @@ class EngineConfig:
             raise InvalidArgument(
                 f"EngineConfig.fusion_rule must be 'linear' or 'z', not {self.fusion_rule!r}"
             )
+        if self.fusion_rule is not None and self.fusion_weight is None:
+            raise InvalidArgument(
+                "EngineConfig.fusion_rule needs fusion_weight (a weight means something only "
+                "under its rule; without both, the reranker's own pair applies)"
+            )
         if self.fusion_rule == "z" and self.fusion_weight is not None:
             if not 0.0 <= self.fusion_weight <= 1.0:
                 raise InvalidArgument(

@@ -359,11 +359,10 @@ class Engine:
         deadline = t0 + budget / 1000.0
         rr = self._slot.get()[1]  # one model for the whole answer
         want_rerank = rerank and depth > 0 and rr is not None
-        w, rule = cfg.fusion_weight, cfg.fusion_rule
+        # The weight and its rule go together: the config's pair, else the model's.
+        w, rule = cfg.fusion_weight, cfg.fusion_rule or "linear"
         if rr is not None and w is None:
-            w = rr.fusion_weight
-        if rr is not None and rule is None:
-            rule = rr.fusion_rule
+            w, rule = rr.fusion_weight, rr.fusion_rule
         if not want_rerank:
             w = 0.0
 
@@ -408,7 +407,7 @@ class Engine:
                 np.fromiter(scored.values(), dtype=np.float64, count=len(scored)),
                 np.asarray(sims, dtype=np.float64)[pos_],
                 float(w),
-                rule or "linear",
+                rule,
             )
             final = dict(zip(scored, fused.tolist(), strict=True))
         order = (
