@@ -349,6 +349,8 @@ def reembed(
     collection. ``out`` gets the same documents (ids, text, titles, metadata) and the same
     index settings; ``source`` is only read, and keeps serving until ``out`` replaces it.
     An interrupted run resumes: run it again and documents already in ``out`` are skipped.
+    Writes to ``source`` after its documents were copied are not carried over (and a resumed
+    run does not re-copy a document already in ``out``): pause writes while it runs.
 
     >>> print(reembed("docs/", "docs-v2/", Encoder.load("my-encoder/")))  # doctest: +SKIP
     """
