@@ -435,6 +435,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return m
 
 
+def index_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The index parameters a manifest records, as :meth:`Collection.create` takes them."""
+    keys = ("metric", "dtype", "shards", "connectivity", "ef_construction", "ef_search")
+    return {k: manifest[k] for k in keys}
+
+
 def _open_index(
     folder: Path, manifest: dict[str, Any], store: DocStore, threads: int | None
 ) -> tuple[Index, int, str | None]:
@@ -456,16 +462,7 @@ def _open_index(
     except CorruptIndex as e:
         reason = f"index file {path.name} failed its check ({e})"
     if index is None:
-        index = Index(
-            manifest["dim"],
-            metric=manifest["metric"],
-            dtype=manifest["dtype"],
-            connectivity=manifest["connectivity"],
-            ef_construction=manifest["ef_construction"],
-            ef_search=manifest["ef_search"],
-            shards=manifest["shards"],
-            threads=threads,
-        )
+        index = Index(manifest["dim"], **index_settings(manifest), threads=threads)
         seq = 0
     else:
         seq = int(manifest["index"]["seq"])

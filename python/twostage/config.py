@@ -34,6 +34,17 @@ def _env_float(name: str, default: float) -> float:
 
 
 FIRST_STAGES = ("dense", "bm25", "hybrid")
+FUSION_RULES = ("linear", "z")
+
+
+def fusion_problem(rule: object, weight: float | None) -> str | None:
+    """What is wrong with a fusion (rule, weight) pair, or None: one check for the engine's
+    config and a model's twostage.json."""
+    if rule not in FUSION_RULES:
+        return f"fusion rule must be one of {', '.join(FUSION_RULES)}, not {rule!r}"
+    if rule == "z" and weight is not None and not 0.0 <= float(weight) <= 1.0:
+        return f"with fusion rule 'z' the weight is the similarity's share, 0..1, not {weight}"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,21 +96,15 @@ class EngineConfig:
     rrf_c: float = 60.0
 
     def __post_init__(self) -> None:
-        if self.fusion_rule not in (None, "linear", "z"):
-            raise InvalidArgument(
-                f"EngineConfig.fusion_rule must be 'linear' or 'z', not {self.fusion_rule!r}"
-            )
-        if self.fusion_rule is not None and self.fusion_weight is None:
-            raise InvalidArgument(
-                "EngineConfig.fusion_rule needs fusion_weight (a weight means something only "
-                "under its rule; without both, the reranker's own pair applies)"
-            )
-        if self.fusion_rule == "z" and self.fusion_weight is not None:
-            if not 0.0 <= self.fusion_weight <= 1.0:
+        if self.fusion_rule is not None:
+            if self.fusion_weight is None:
                 raise InvalidArgument(
-                    "with fusion_rule 'z', fusion_weight is the similarity's share: "
-                    f"0..1, not {self.fusion_weight}"
+                    "EngineConfig.fusion_rule needs fusion_weight (a weight means something "
+                    "only under its rule; without both, the reranker's own pair applies)"
                 )
+            problem = fusion_problem(self.fusion_rule, self.fusion_weight)
+            if problem:
+                raise InvalidArgument(f"EngineConfig.fusion_rule: {problem}")
         if self.first_stage not in FIRST_STAGES:
             raise InvalidArgument(
                 f"EngineConfig.first_stage must be one of {', '.join(FIRST_STAGES)}, "

@@ -36,7 +36,7 @@ import onnxruntime as ort
 from twostage._core import Slot, rerank_order, rrf
 from twostage._onnx import pad
 from twostage.collection import Collection
-from twostage.config import FIRST_STAGES, EngineConfig
+from twostage.config import FIRST_STAGES, EngineConfig, fusion_problem
 from twostage.encoder import Encoder
 from twostage.errors import EncoderMismatch, InvalidArgument, KeyNotFound
 from twostage.reranker import Pairs, Reranker
@@ -170,9 +170,6 @@ class PairScorer(Protocol):
         ...
 
 
-FUSION_RULES = ("linear", "z")
-
-
 def fuse(logits: np.ndarray, sims: np.ndarray, w: float, rule: str = "linear") -> np.ndarray:
     """The score reranked candidates are ordered by: the reranker's beside the first stage's.
 
@@ -186,7 +183,7 @@ def fuse(logits: np.ndarray, sims: np.ndarray, w: float, rule: str = "linear") -
     if rule == "linear":
         return logits + w * sims
     if rule != "z":
-        raise InvalidArgument(f"fusion rule must be one of {', '.join(FUSION_RULES)}, not {rule!r}")
+        raise InvalidArgument(fusion_problem(rule, w) or f"unknown fusion rule {rule!r}")
 
     def z(x: np.ndarray) -> np.ndarray:
         return (x - x.mean()) / (x.std() + 1e-6)

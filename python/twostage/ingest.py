@@ -354,7 +354,7 @@ def reembed(
 
     >>> print(reembed("docs/", "docs-v2/", Encoder.load("my-encoder/")))  # doctest: +SKIP
     """
-    from twostage.collection import read_manifest
+    from twostage.collection import index_settings, read_manifest
 
     src_dir, out_dir = Path(source), Path(out)
     if src_dir.resolve() == out_dir.resolve():
@@ -373,12 +373,7 @@ def reembed(
             dst = Collection.create(
                 out_dir,
                 encoder,
-                metric=m["metric"],
-                dtype=m["dtype"],
-                shards=m["shards"],
-                connectivity=m["connectivity"],
-                ef_construction=m["ef_construction"],
-                ef_search=m["ef_search"],
+                **index_settings(m),
                 embedding_dtype=m["embedding_dtype"],
                 lexical=bool(m.get("lexical")),
             )

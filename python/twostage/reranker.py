@@ -22,6 +22,7 @@ import numpy as np
 
 from twostage._models import ModelFiles, Precision, resolve
 from twostage._onnx import Batch, OnnxModel, check_texts, plan_batches
+from twostage.config import fusion_problem
 from twostage.errors import InvalidModel
 
 
@@ -97,14 +98,9 @@ class Reranker(OnnxModel):
         self._output = out.name
         self._settings = files.settings
         fusion = files.settings.get("fusion") or {}
-        mode, w = fusion.get("mode") or "linear", fusion.get("first_stage_weight")
-        if mode not in ("linear", "z"):
-            raise InvalidModel(f"twostage.json: fusion.mode must be 'linear' or 'z', not {mode!r}")
-        if mode == "z" and w is not None and not 0.0 <= float(w) <= 1.0:
-            raise InvalidModel(
-                f"twostage.json: with fusion.mode 'z' the first_stage_weight is a share in 0..1, "
-                f"not {w}"
-            )
+        problem = fusion_problem(fusion.get("mode") or "linear", fusion.get("first_stage_weight"))
+        if problem:
+            raise InvalidModel(f"twostage.json fusion (mode, first_stage_weight): {problem}")
 
     # ---- properties ----
     @property

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from twostage.engine import fuse
 from twostage.train.data import load_beir_eval
 from twostage.train.mine import encode, exact_topk
 
@@ -120,8 +121,6 @@ def rerank_run(
     """A run where the top ``depth`` are ordered by logit (fused with the cosine by
     :func:`twostage.engine.fuse` when ``fusion`` is given), the rest follow in first-stage
     order (scores kept strictly below the reranked ones)."""
-    from twostage.engine import fuse
-
     run: dict[str, dict[str, float]] = {}
     for q, lst in cands.items():
         top, rest = lst[:depth], lst[depth:]
