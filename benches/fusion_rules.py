@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from twostage.engine import fuse
 from twostage.reranker import Reranker
 from twostage.train.data import SHARED
-from twostage.train.evaluate import evaluate_collection, ndcg10
+from twostage.train.evaluate import evaluate_collection, ndcg10, rerank_run
 from twostage.train.report import OOD, dev_query_ids
 
 GRIDS = {
@@ -52,19 +51,18 @@ def score_all(model: str, depth: int) -> dict[str, Any]:
 
 
 def ndcg(res: dict[str, Any], col: str, depth: int, rule: str, w: float) -> float:
+    r = res[col]
+    if rule != "rank":  # the engine's own rules, as the training report applies them
+        return ndcg10(r["_qrels"], rerank_run(r["_cands"], r["_logits"], depth, w, rule))
     run = {}
-    for q, lst in res[col]["_cands"].items():
+    for q, lst in r["_cands"].items():
         top, rest = lst[:depth], lst[depth:]
-        lg = res[col]["_logits"][q][: len(top)].astype(np.float64)
-        cs = np.array([s for _, s in top])
-        if rule == "rank":
-            s = 1 / (60 + np.argsort(np.argsort(-lg))) + w / (60 + np.arange(len(top)))
-        else:
-            s = fuse(lg, cs, w, rule)
+        lg = r["_logits"][q][: len(top)]
+        s = 1 / (60 + np.argsort(np.argsort(-lg))) + w / (60 + np.arange(len(top)))
         scores = {d: 1000 + float(v) for (d, _), v in zip(top, s, strict=True)}
         scores.update({d: -float(i) for i, (d, _) in enumerate(rest)})
         run[q] = scores
-    return ndcg10(res[col]["_qrels"], run)
+    return ndcg10(r["_qrels"], run)
 
 
 def main() -> None:

@@ -163,9 +163,10 @@ def mine_set(
         idx, val = exact_topk(qv, dv, depth)
         lexical = bm25_topk(data, qids, pids, depth) if cfg.bm25 else None
         for qi, q in enumerate(qids):
-            dense = [int(j) for j in idx[qi][: cfg.k + len(data.positives[q])]]
+            n = cfg.k + len(data.positives[q])
+            dense = [int(j) for j in idx[qi][:n]]
             if lexical is not None:
-                both = interleave(dense, lexical[qi][: cfg.k + len(data.positives[q])])
+                both = interleave(dense, lexical[qi][:n])
                 sims = dv[both] @ qv[qi]
                 ranked = [(pids[j], float(s)) for j, s in zip(both, sims, strict=True)]
             else:
