@@ -11,6 +11,7 @@ import json
 import shutil
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,14 @@ def rr_deep(tmp_path_factory: pytest.TempPathFactory) -> Reranker:
     # onnxruntime honours a terminate flag between graph nodes, never inside one; with two
     # layers a single fused Attention node is a third of a run, so cancellation is tested on
     # eight, where a node is a few percent (as in a real six-layer MiniLM).
+    # Batched (as with a device provider): on the CPU a run is one pair, a millisecond here,
+    # too short to hang; a batch of hundreds is a run worth cancelling.
     folder = random_cross_encoder(tmp_path_factory.mktemp("deep") / "ce-deep", seed=5, layers=8)
-    return Reranker.load(folder, precision="fp32")
+    return Batched.load(folder, precision="fp32")
+
+
+class Batched(Reranker):
+    ROW_WISE = False
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +80,13 @@ def rr_b(tmp_path_factory: pytest.TempPathFactory) -> Reranker:
     return Reranker.load(folder, precision="fp32")
 
 
+def dense(**kw: object) -> EngineConfig:
+    """These tests check mechanics on the dense first stage (the index's own order)."""
+    return EngineConfig(first_stage="dense", **kw)  # type: ignore[arg-type]
+
+
 def unlimited(**kw: object) -> EngineConfig:
-    return EngineConfig(budget_ms=1e9, **kw)  # type: ignore[arg-type]
+    return dense(budget_ms=1e9, **kw)
 
 
 def test_two_stage_answer(col: Collection, rr_a: Reranker) -> None:
@@ -103,7 +115,7 @@ def test_two_stage_answer(col: Collection, rr_a: Reranker) -> None:
 
 
 def test_first_stage_alone(col: Collection, rr_a: Reranker) -> None:
-    eng = Engine(col, reranker=rr_a)
+    eng = Engine(col, reranker=rr_a, config=dense())
     a = eng.search(QUERY, k=8, rerank=False)
     b = eng.search(QUERY, k=8, depth=0)
     for resp in (a, b):
@@ -118,7 +130,7 @@ def test_first_stage_alone(col: Collection, rr_a: Reranker) -> None:
 
 
 def test_zero_budget_is_the_first_stage_degraded(col: Collection, rr_a: Reranker) -> None:
-    eng = Engine(col, reranker=rr_a)
+    eng = Engine(col, reranker=rr_a, config=dense())
     eng.search(QUERY, k=10, depth=20, budget_ms=1e9)  # fill the score cache: still unused
     resp = eng.search(QUERY, k=10, depth=20, budget_ms=0)
     assert resp.degraded and "budget" in (resp.degraded_reason or "")
@@ -141,7 +153,7 @@ def long_docs(col: Collection, n: int = 1000) -> list[str]:
 def test_budget_scores_a_prefix_in_first_stage_order(col: Collection, rr_a: Reranker) -> None:
     """1000 long pairs take about a second here: a 150 ms budget scores a prefix of them."""
     long_docs(col)
-    eng = Engine(col, reranker=rr_a, config=EngineConfig(rerank_batch_size=8, score_cache_size=0))
+    eng = Engine(col, reranker=rr_a, config=dense(rerank_batch_size=8, score_cache_size=0))
     resp = eng.search("compression", k=1000, depth=1000, budget_ms=150)
     assert resp.candidates >= 500  # plenty of long documents: more work than the budget
     assert resp.degraded and (resp.degraded_reason or "").startswith("budget")
@@ -195,9 +207,17 @@ class Exploding(Reranker):
 
     def run(self, batch, options=None):  # type: ignore[no-untyped-def]
         Exploding.calls += 1
-        if Exploding.calls > 2:  # the engine's warm-up takes two runs
+        if Exploding.calls > 3:  # the engine's warm-up takes two runs and one row
             raise RuntimeError("provider crashed")
         return super().run(batch, options)
+
+    def submit(self, ids, type_ids=None, options=None):  # type: ignore[no-untyped-def]
+        Exploding.calls += 1
+        if Exploding.calls > 3:
+            failed: Future[np.ndarray] = Future()
+            failed.set_exception(RuntimeError("provider crashed"))
+            return failed
+        return super().submit(ids, type_ids, options)
 
 
 class NaNScores(Reranker):
@@ -213,7 +233,7 @@ def test_reranker_failures_fall_back_never_raise(col: Collection, tmp_path: Path
     resp = eng.search(QUERY, k=10, depth=30)
     assert resp.degraded and "provider crashed" in (resp.degraded_reason or "")
     assert len(resp.hits) == 10 and [h.first_stage_rank for h in resp.hits] == list(range(10))
-    eng2 = Engine(col, config=unlimited())
+    eng2 = Engine(col, reranker=None, config=unlimited())
     with pytest.raises(InvalidArgument, match="non-finite"):
         eng2.swap_reranker(NaNScores.load(folder))  # refused at the warm-up: never installed
     assert eng2.reranker is None
@@ -257,7 +277,7 @@ def test_filter(col: Collection, rr_a: Reranker) -> None:
 
 
 def test_bad_requests_are_refused_with_the_reason(col: Collection, rr_a: Reranker) -> None:
-    eng = Engine(col, reranker=rr_a)
+    eng = Engine(col, reranker=rr_a, config=dense())
     for kwargs, msg in [
         ({"query": ""}, "empty"),
         ({"query": "   "}, "empty"),

@@ -244,11 +244,11 @@ def test_filters_apply_to_lexical_candidates(col: Collection) -> None:
 
 
 def test_fusion_reads_the_dense_similarity_whatever_the_first_stage(col: Collection) -> None:
-    """The shipped reranker fuses its logit with the cosine; for a lexical candidate the
+    """Linear fusion (logit + w * cosine, set in the config): for a lexical candidate the
     cosine comes from its stored embedding, so a document scores the same either way."""
     rr = Reranker.load("twostage-rerank", precision="int8")
-    assert rr.fusion_weight
-    eng = Engine(col, reranker=rr, config=EngineConfig(budget_ms=60_000))
+    cfg = EngineConfig(budget_ms=60_000, fusion_weight=75.0, fusion_rule="linear")
+    eng = Engine(col, reranker=rr, config=cfg)
     q = "read a gzip compressed file"
     by_stage = {
         fs: {h.id: h.score for h in eng.search(q, k=10, depth=10, first_stage=fs).hits}
@@ -256,5 +256,5 @@ def test_fusion_reads_the_dense_similarity_whatever_the_first_stage(col: Collect
     }
     common = set(by_stage["dense"]) & set(by_stage["bm25"])
     assert common, "the two first stages share no candidate"
-    for doc in common:  # int8 scales per batch: the same pair scores alike, not identically
-        assert by_stage["bm25"][doc] == pytest.approx(by_stage["dense"][doc], abs=0.5)
+    for doc in common:  # the logit is the same (row-wise); the cosine f16 index vs f32 store
+        assert by_stage["bm25"][doc] == pytest.approx(by_stage["dense"][doc], abs=0.1)

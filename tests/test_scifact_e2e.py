@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 from conftest import SHARED
 from twostage.collection import Collection
+from twostage.config import EngineConfig
 from twostage.engine import Engine
+from twostage.evaluation import paired_test
 
 ir_measures = pytest.importorskip("ir_measures", reason="ir-measures not installed")
 SCIFACT = SHARED / "data" / "scifact"
@@ -26,6 +28,9 @@ pytestmark = [
         reason=f"SciFact not found at {SCIFACT} (the shared data sets sit beside the clone)",
     ),
 ]
+
+
+DENSE = EngineConfig(first_stage="dense")
 
 
 def load_test_split() -> tuple[dict[str, str], dict[str, dict[str, int]]]:
@@ -68,7 +73,7 @@ def test_first_stage_quality_and_stability(collection_dir: Path) -> None:
     queries, qrels = load_test_split()
     assert len(queries) == 300
     col = Collection.open(collection_dir)
-    engine = Engine(col)
+    engine = Engine(col, reranker=None, config=DENSE)
     run: dict[str, dict[str, float]] = {}
     for qid, text in queries.items():
         resp = engine.search(text, k=100, rerank=False)
@@ -96,11 +101,38 @@ def test_first_stage_quality_and_stability(collection_dir: Path) -> None:
     col.close()
     col = Collection.open(collection_dir)
     assert col.recovery is None
-    engine = Engine(col)
+    engine = Engine(col, reranker=None, config=DENSE)
     after = [[h.id for h in engine.search(t, k=10, rerank=False).hits] for _, t in sample]
     assert after == before
     col.close()
     print(f"\nSciFact test: first stage {got}, exact search {brute}")
+
+
+def test_the_defaults_beat_the_best_first_stage(collection_dir: Path) -> None:
+    """``Engine(col)`` as a new user gets it (the shipped reranker, its fitted fusion and
+    cascade, hybrid candidates), with the budget lifted so the check does not depend on
+    this machine's speed: better than hybrid alone on every query set's mean, significantly.
+    Measured: 0.7416 against 0.7133 (BENCHMARKS.md, "The target"); the weights were
+    fitted on SciFact train queries, never on these."""
+    queries, qrels = load_test_split()
+    col = Collection.open(collection_dir)
+    engine = Engine(col)
+    one, two = {}, {}
+    for qid, text in queries.items():
+        first = engine.search(text, k=10, rerank=False)
+        resp = engine.search(text, k=10, budget_ms=60_000)
+        assert first.first_stage == resp.first_stage == "hybrid"
+        assert not resp.degraded and resp.scored == engine.defaults.depth
+        one[qid] = {h.id: -float(i) for i, h in enumerate(first.hits)}
+        two[qid] = {h.id: -float(i) for i, h in enumerate(resp.hits)}
+    col.close()
+    per = [
+        {r.query_id: r.value for r in ir_measures.iter_calc([ir_measures.nDCG @ 10], qrels, run)}
+        for run in (one, two)
+    ]
+    test = paired_test(per[0], per[1])
+    print(f"\nSciFact test NDCG@10: hybrid {test.mean_a:.4f}, defaults {test.mean_b:.4f}")
+    assert test.mean_b >= test.mean_a + 0.01 and test.p_ttest < 0.05, test
 
 
 def test_cli_search_and_info(collection_dir: Path) -> None:
@@ -127,7 +159,7 @@ def test_cli_search_and_info(collection_dir: Path) -> None:
     resp = json.loads(done.stdout)
     assert len(resp["hits"]) == 3
     assert set(resp["timings"]) == {"encode", "ann", "lexical", "fetch", "rerank", "total"}
-    assert resp["first_stage"] == "dense"
+    assert resp["first_stage"] == "hybrid"  # the shipped reranker's default
     if resp["candidates"]:  # a reranker is installed: a zero budget leaves it no time
         assert resp["degraded"] and not any(h["reranked"] for h in resp["hits"])
     info = subprocess.run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,12 +91,77 @@ def make_session(
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3  # onnxruntime's shape-merge warnings are noise for these graphs
+    chosen = resolve_providers(providers)
+    source: str | bytes = str(path)
+    disabled: list[str] = []
+    if chosen == ["CPUExecutionProvider"]:
+        unfused = _unfuse_skip_layernorm(path)
+        if unfused is not None:
+            source, disabled = unfused, ["SkipLayerNormFusion"]
     try:
-        return ort.InferenceSession(str(path), opts, providers=resolve_providers(providers))
+        return ort.InferenceSession(
+            source, opts, providers=chosen, disabled_optimizers=disabled or None
+        )
     except (ProviderUnavailable, ModelNotFound):
         raise
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise InvalidModel(f"onnxruntime could not load {path}: {exc}") from exc
+
+
+def _unfuse_skip_layernorm(path: Path) -> bytes | None:
+    """The graph with each ``SkipLayerNormalization`` as ``Add`` (+ ``Add``) +
+    ``LayerNormalization``, or None when it has none (or one whose extra outputs are used).
+
+    The same arithmetic, faster on the CPU: onnxruntime 1.32's CPU SkipLayerNormalization
+    took 1.56 ms of a 3-layer cross-encoder's 8.9 ms run (one pair, 128 tokens, one thread,
+    AMD Zen 4); unfused, the LayerNormalizations and Adds take 0.38 ms and the run 7.3 ms
+    (BENCHMARKS.md, "Second stage"). ``SkipLayerNormFusion`` must then be disabled, or the
+    optimiser fuses them back.
+    """
+    import onnx
+    from onnx import helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception:
+        return None  # onnxruntime's own load reports what is wrong with the file
+    nodes = list(model.graph.node)
+    if not any(n.op_type == "SkipLayerNormalization" for n in nodes):
+        return None
+    out = []
+    for n in nodes:
+        if n.op_type != "SkipLayerNormalization":
+            out.append(n)
+            continue
+        extra = [o for i, o in enumerate(n.output) if i not in (0, 3) and o]
+        if extra or len(n.input) < 3:
+            return None  # mean / inv-std outputs are used: leave the graph alone
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)
+        x, skip, gamma = n.input[0], n.input[1], n.input[2]
+        beta = n.input[3] if len(n.input) > 3 else ""
+        bias = n.input[4] if len(n.input) > 4 else ""
+        total = n.output[3] if len(n.output) > 3 and n.output[3] else f"{n.output[0]}__sum"
+        first = f"{n.output[0]}__skip" if bias else total
+        out.append(helper.make_node("Add", [x, skip], [first], name=f"{n.name}__add"))
+        if bias:
+            out.append(helper.make_node("Add", [first, bias], [total], name=f"{n.name}__bias"))
+        ln_in = [total, gamma] + ([beta] if beta else [])
+        out.append(
+            helper.make_node(
+                "LayerNormalization",
+                ln_in,
+                [n.output[0]],
+                name=f"{n.name}__ln",
+                axis=-1,
+                epsilon=eps,
+            )
+        )
+    del model.graph.node[:]
+    model.graph.node.extend(out)
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 17 for o in model.opset_import):
+        return None  # LayerNormalization is opset 17
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def check_inputs(session: ort.InferenceSession, path: str | os.PathLike[str]) -> list[str]:
@@ -198,6 +264,8 @@ class OnnxModel:
 
     #: Smallest max_length a subclass accepts (a pair needs room for its special tokens).
     MIN_LENGTH = 1
+    #: Run each row of a batch alone (CPU only): see :meth:`run`.
+    ROW_WISE = False
 
     def __init__(
         self,
@@ -217,7 +285,16 @@ class OnnxModel:
         self._precision = files.precision
         self._fingerprint = files.fingerprint
         self._tokenizer: Tokenizer = load_tokenizer(files.tokenizer, self._max_length)
-        self._session = make_session(files.onnx, threads=threads, providers=providers)
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, not {threads}")
+        # Row-wise: `threads` single-threaded runs at once, each one row, instead of one run
+        # over a padded batch that all threads share (see `run`).
+        self._workers = 0
+        if self.ROW_WISE and resolve_providers(providers) == ["CPUExecutionProvider"]:
+            self._workers = threads or default_threads()
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="twostage-rows")
+        session_threads = 1 if self._workers else threads
+        self._session = make_session(files.onnx, threads=session_threads, providers=providers)
         self._inputs = check_inputs(self._session, files.onnx)
         self._output = ""  # set by the subclass once it has checked the graph's outputs
 
@@ -265,6 +342,58 @@ class OnnxModel:
         ``options`` lets a caller cancel a run in flight (``options.terminate = True`` from
         another thread): the call then raises instead of finishing.
         """
-        feeds = batch.feeds(self._inputs)
-        out: np.ndarray = self._session.run([self._output], feeds, options)[0]
-        return out
+        if not self._workers:
+            feeds = batch.feeds(self._inputs)
+            out: np.ndarray = self._session.run([self._output], feeds, options)[0]
+            return out
+        # Row-wise. Dynamic int8 quantisation takes one activation scale per tensor, so in a
+        # batched run a row's output depends on its batch-mates (up to 1.7 logits measured);
+        # alone, without padding, a row gets the same output in any batch. It is also faster
+        # on a small CPU: two one-thread runs side by side scored 100 pairs in 439 ms against
+        # 464 ms for 2-thread batches of 16 (AMD Zen 4, BENCHMARKS.md "Second stage").
+        lengths = batch.attention_mask.sum(axis=1).tolist()
+        feeds_all = batch.feeds(self._inputs)
+
+        def one(i: int) -> np.ndarray:
+            n = max(int(lengths[i]), 1)
+            feeds = {k: v[i : i + 1, :n] for k, v in feeds_all.items()}
+            row: np.ndarray = self._session.run([self._output], feeds, options)[0]
+            return row
+
+        rows = range(len(lengths))
+        if len(lengths) == 1 or self._workers == 1:
+            parts = [one(i) for i in rows]
+        else:
+            parts = list(self._pool.map(one, rows))
+        if not parts:
+            return np.zeros((0, 1), dtype=np.float32)
+        return np.concatenate(parts, axis=0)
+
+    def submit(
+        self,
+        ids: Sequence[int],
+        type_ids: Sequence[int] | None = None,
+        options: ort.RunOptions | None = None,
+    ) -> Future[np.ndarray]:
+        """Run one row on the model's own threads (row-wise models): a future of the graph's
+        raw output for it, shaped ``(1, ...)``. A caller keeps ``workers`` rows in flight and
+        decides before each next one whether it still fits its deadline."""
+        if not self._workers:
+            raise RuntimeError(f"{self._name} does not run row-wise (a device provider)")
+        feeds = pad([0], [ids], None if type_ids is None else [type_ids]).feeds(self._inputs)
+
+        def one() -> np.ndarray:
+            out: np.ndarray = self._session.run([self._output], feeds, options)[0]
+            return out
+
+        return self._pool.submit(one)
+
+    @property
+    def workers(self) -> int:
+        """Rows run at once (row-wise models), else 0."""
+        return self._workers
+
+    @property
+    def row_wise(self) -> bool:
+        """Rows run one at a time (and ``threads`` of them at once): batch-invariant output."""
+        return bool(self._workers)

@@ -168,9 +168,12 @@ def _parser() -> argparse.ArgumentParser:
         "--depth",
         type=int,
         default=None,
-        help="candidates to rerank (0: none; default: the reranker's recommended depth, else 100)",
+        help="candidates the reranker scores (0: none; default: the reranker's measured "
+        "default, see `twostage models list`)",
     )
-    s.add_argument("--budget-ms", type=float, default=150.0)
+    s.add_argument(
+        "--budget-ms", type=float, default=None, help="deadline (default: the reranker's)"
+    )
     s.add_argument("--no-rerank", action="store_true")
     s.add_argument(
         "--reranker",
@@ -188,7 +191,8 @@ def _parser() -> argparse.ArgumentParser:
         "--first-stage",
         choices=["dense", "bm25", "hybrid"],
         default=None,
-        help="where candidates come from (default dense; bm25 and hybrid use the lexical index)",
+        help="where candidates come from (default: the reranker's, hybrid for the shipped one; "
+        "bm25 and hybrid use the lexical index)",
     )
     s.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -538,7 +542,9 @@ def render(resp: SearchResponse) -> str:
         f"fetch {t.fetch:.1f}  rerank {t.rerank:.1f}  total {t.total:.1f}  "
         f"({resp.first_stage} first stage)"
     )
-    lines.append("* = reranker score; 1st = first-stage rank")
+    lines.append(
+        "* = reranked (score: the reranker fused with the first stage); 1st = first-stage rank"
+    )
     return "\n".join(lines)
 
 
@@ -553,15 +559,13 @@ def _search(args: argparse.Namespace) -> int:
     reranker = None
     if spec and spec != "none" and not args.no_rerank and args.depth != 0:
         reranker = Reranker.load(spec)
-    engine = Engine(col, reranker=reranker)
+    engine = Engine(col, reranker=reranker)  # its defaults: the reranker's, as everywhere
     load_s = time.perf_counter() - t0
     try:
         resp = engine.search(
             args.query,
             k=args.k,
-            depth=args.depth
-            if args.depth is not None
-            else (reranker.recommended_depth if reranker else None),
+            depth=args.depth,
             budget_ms=args.budget_ms,
             rerank=not args.no_rerank,
             filter=_parse_filter(args.filter),

@@ -33,7 +33,24 @@ def _env_float(name: str, default: float) -> float:
         raise InvalidArgument(f"environment variable {name}={raw!r} is not a number") from None
 
 
+def _env_opt_int(name: str) -> int | None:
+    return _env_int(name, 0) if os.environ.get(name) else None
+
+
+def _env_opt_float(name: str) -> float | None:
+    return _env_float(name, 0.0) if os.environ.get(name) else None
+
+
 FIRST_STAGES = ("dense", "bm25", "hybrid")
+#: The defaults when neither the config nor the reranker's twostage.json ``defaults`` say:
+#: the one place they are written (the CLI, ``Engine``, the server and the page read them
+#: through :meth:`twostage.engine.Engine.defaults`).
+DEFAULT_FIRST_STAGE = "hybrid"
+#: The reranker ``Engine(collection)`` loads unless told ``reranker=None``.
+DEFAULT_RERANKER = "twostage-rerank"
+DEFAULT_DEPTH = 50
+DEFAULT_BUDGET_MS = 150.0
+DEFAULT_CANDIDATES = 100
 FUSION_RULES = ("linear", "z")
 
 
@@ -56,11 +73,21 @@ class EngineConfig:
     """
 
     k: int = field(default_factory=lambda: _env_int("TWOSTAGE_K", 10))
-    depth: int = field(default_factory=lambda: _env_int("TWOSTAGE_DEPTH", 100))
-    budget_ms: float = field(default_factory=lambda: _env_float("TWOSTAGE_BUDGET_MS", 150.0))
-    #: Pairs per reranker call: smaller batches follow the deadline more closely.
+    #: Candidates the reranker may score. None: the reranker's measured default
+    #: (``defaults`` in its twostage.json), else :data:`DEFAULT_DEPTH`.
+    depth: int | None = field(default_factory=lambda: _env_opt_int("TWOSTAGE_DEPTH"))
+    #: The whole search's deadline. None: the reranker's default, else :data:`DEFAULT_BUDGET_MS`.
+    budget_ms: float | None = field(default_factory=lambda: _env_opt_float("TWOSTAGE_BUDGET_MS"))
+    #: The cascade's pool: first-stage candidates ordered by the reranker's cheap fusion of
+    #: first-stage signals (twostage.json ``fusion.cheap``) before the reranker scores the
+    #: top ``depth`` of that order. None: the reranker's default, else
+    #: :data:`DEFAULT_CANDIDATES`. Unused by a reranker without cheap weights.
+    candidates: int | None = None
+    #: Pairs per reranker call: smaller batches follow the deadline more closely (4: two
+    #: pairs per core, ~7 ms at 128 tokens on 2 Zen 4 cores, so a mispredicted batch
+    #: overshoots the budget by a few ms, not tens).
     rerank_batch_size: int = field(
-        default_factory=lambda: _env_int("TWOSTAGE_RERANK_BATCH_SIZE", 16)
+        default_factory=lambda: _env_int("TWOSTAGE_RERANK_BATCH_SIZE", 4)
     )
     #: HNSW search width (None: the index's own ef_search).
     ef_search: int | None = None
@@ -77,9 +104,10 @@ class EngineConfig:
     #: How long past the deadline a running reranker batch may go before it is cancelled.
     #: onnxruntime stops a cancelled run at the next graph node, so the overshoot is also
     #: bounded by one node of one batch: keep ``rerank_batch_size`` modest.
-    cancel_grace_ms: float = 50.0
-    #: A fixed reranker cost per padded token (ms) for the deadline, instead of the one
-    #: measured at warm-up and updated after each batch: for predictable cut-offs.
+    cancel_grace_ms: float = 10.0
+    #: A fixed reranker cost per token (ms; real tokens for a row-wise reranker) for the
+    #: deadline, instead of the one measured at warm-up and updated after each batch: for
+    #: predictable cut-offs.
     rerank_ms_per_token: float | None = None
     #: Reranked hits are ordered by the reranker score fused with the first-stage similarity
     #: (:func:`twostage.engine.fuse`): ``score + fusion_weight * similarity`` ("linear"), or
@@ -88,9 +116,10 @@ class EngineConfig:
     fusion_weight: float | None = None
     fusion_rule: str | None = None
     #: Where candidates come from: "dense" (bi-encoder + HNSW), "bm25" (the collection's
-    #: lexical index) or "hybrid" (both, fused by reciprocal rank).
-    first_stage: str = field(
-        default_factory=lambda: os.environ.get("TWOSTAGE_FIRST_STAGE") or "dense"
+    #: lexical index) or "hybrid" (both, fused by reciprocal rank). None: the reranker's
+    #: default, else :data:`DEFAULT_FIRST_STAGE` (dense where the collection has no BM25).
+    first_stage: str | None = field(
+        default_factory=lambda: os.environ.get("TWOSTAGE_FIRST_STAGE") or None
     )
     #: The reciprocal-rank fusion constant for "hybrid": score = sum 1 / (rrf_c + rank).
     rrf_c: float = 60.0
@@ -105,7 +134,7 @@ class EngineConfig:
             problem = fusion_problem(self.fusion_rule, self.fusion_weight)
             if problem:
                 raise InvalidArgument(f"EngineConfig.fusion_rule: {problem}")
-        if self.first_stage not in FIRST_STAGES:
+        if self.first_stage is not None and self.first_stage not in FIRST_STAGES:
             raise InvalidArgument(
                 f"EngineConfig.first_stage must be one of {', '.join(FIRST_STAGES)}, "
                 f"not {self.first_stage!r}"
@@ -123,8 +152,16 @@ class EngineConfig:
                 raise InvalidArgument(f"EngineConfig.{name} must be >= 1")
         if self.ef_search is not None and self.ef_search < 1:
             raise InvalidArgument("EngineConfig.ef_search must be >= 1")
-        if self.k > self.max_k or self.depth > self.max_depth:
+        if self.k > self.max_k or max(self.depth or 0, self.candidates or 0) > self.max_depth:
             raise InvalidArgument("EngineConfig: k and depth must be within max_k and max_depth")
 
 
-__all__ = ["FIRST_STAGES", "EngineConfig"]
+__all__ = [
+    "DEFAULT_BUDGET_MS",
+    "DEFAULT_CANDIDATES",
+    "DEFAULT_DEPTH",
+    "DEFAULT_FIRST_STAGE",
+    "DEFAULT_RERANKER",
+    "FIRST_STAGES",
+    "EngineConfig",
+]

@@ -27,8 +27,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -36,9 +37,19 @@ import onnxruntime as ort
 from twostage._core import Slot, rerank_order, rrf
 from twostage._onnx import pad
 from twostage.collection import Collection
-from twostage.config import FIRST_STAGES, EngineConfig, fusion_problem
+from twostage.config import (
+    DEFAULT_BUDGET_MS,
+    DEFAULT_CANDIDATES,
+    DEFAULT_DEPTH,
+    DEFAULT_FIRST_STAGE,
+    DEFAULT_RERANKER,
+    FIRST_STAGES,
+    EngineConfig,
+    fusion_problem,
+)
 from twostage.encoder import Encoder
 from twostage.errors import EncoderMismatch, InvalidArgument, KeyNotFound
+from twostage.fusion import bm25_signal, fuse_signals, rank_signal
 from twostage.reranker import Pairs, Reranker
 from twostage.store import StoredDoc
 
@@ -150,6 +161,17 @@ class SearchResponse:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Defaults:
+    """What a search uses when it does not say: the config's value, else the reranker's
+    measured one (its twostage.json ``defaults``), else :mod:`twostage.config`'s."""
+
+    first_stage: str
+    depth: int
+    budget_ms: float
+    candidates: int  # the cascade's pool (see EngineConfig.candidates)
+
+
 class PairScorer(Protocol):
     """Scores packed pairs for the engine somewhere else: a queue shared by many requests.
 
@@ -218,8 +240,9 @@ class Engine:
     Args:
         collection: the documents and index (its encoder embeds the queries).
         encoder: optional; if given it must be the collection's encoder (same fingerprint).
-        reranker: a :class:`~twostage.reranker.Reranker`, or ``None`` for first stage only
-            (until :meth:`swap_reranker`).
+        reranker: a :class:`~twostage.reranker.Reranker`; ``"default"`` (the default): the
+            shipped ``twostage-rerank``; ``None``: first stage only (until
+            :meth:`swap_reranker`).
         config: defaults for ``k``, ``depth``, ``budget_ms``, batch size, cache sizes, limits.
         scorer: optional :class:`PairScorer` that runs the reranker's batches instead of the
             searching thread (a server shares one across requests); ``None``: run them here.
@@ -232,7 +255,7 @@ class Engine:
         self,
         collection: Collection,
         encoder: Encoder | None = None,
-        reranker: Reranker | None = None,
+        reranker: Reranker | Literal["default"] | None = "default",
         config: EngineConfig | None = None,
         *,
         scorer: PairScorer | None = None,
@@ -242,6 +265,13 @@ class Engine:
                 f"encoder {encoder.name} (fingerprint {encoder.fingerprint}) is not the one "
                 f"that embedded {collection.path} ({collection.encoder.fingerprint})"
             )
+        if isinstance(reranker, str):
+            if reranker != "default":
+                raise InvalidArgument(
+                    f"reranker must be a Reranker, None or 'default', not {reranker!r} "
+                    "(load a model with Reranker.load)"
+                )
+            reranker = Reranker.load(DEFAULT_RERANKER)
         self._col = collection
         self._encoder = collection.encoder
         self.config = config or EngineConfig()
@@ -295,6 +325,11 @@ class Engine:
         t0 = time.perf_counter()
         raw = rr.run(batch)
         per_token = (time.perf_counter() - t0) / batch.tokens
+        if rr.row_wise:  # the engine predicts one pair on one thread
+            fut = rr.submit(pairs.ids[0], pairs.type_ids[0])
+            t0 = time.perf_counter()
+            fut.result()
+            per_token = (time.perf_counter() - t0) / len(pairs.ids[0])
         _ = rr.vocab_fingerprint  # computed once here, not inside a search's budget
         if not np.isfinite(rr.postprocess(raw)).all():
             raise InvalidArgument(
@@ -302,6 +337,28 @@ class Engine:
             )
         with self._cost_lock:
             self._cost[rr.version] = per_token
+
+    @property
+    def defaults(self) -> Defaults:
+        """The first stage, depth and budget a search gets when it does not say (with the
+        reranker installed now)."""
+        return self._defaults_for(self._slot.get()[1])
+
+    def _defaults_for(self, rr: Reranker | None) -> Defaults:
+        cfg = self.config
+        model = rr.defaults if rr is not None else {}
+        stage = cfg.first_stage or model.get("first_stage") or DEFAULT_FIRST_STAGE
+        if cfg.first_stage is None and stage != "dense" and self._col.lexical is None:
+            stage = "dense"  # a default, not a request: follow what the collection has
+        depth = cfg.depth if cfg.depth is not None else model.get("depth", DEFAULT_DEPTH)
+        budget = cfg.budget_ms if cfg.budget_ms is not None else model.get("budget_ms")
+        pool = cfg.candidates if cfg.candidates is not None else model.get("candidates")
+        return Defaults(
+            first_stage=stage,
+            depth=int(depth),
+            budget_ms=float(DEFAULT_BUDGET_MS if budget is None else budget),
+            candidates=int(DEFAULT_CANDIDATES if pool is None else pool),
+        )
 
     # ---- search ----
     def search(
@@ -313,6 +370,7 @@ class Engine:
         rerank: bool = True,
         filter: dict[str, Any] | None = None,
         first_stage: str | None = None,
+        candidates: int | None = None,
     ) -> SearchResponse:
         """Top-``k`` hits for ``query``: ``depth`` first-stage candidates, reranked in budget.
 
@@ -328,12 +386,17 @@ class Engine:
                 its items. The first stage fetches more candidates until enough match.
             first_stage: ``"dense"``, ``"bm25"`` or ``"hybrid"`` (default
                 ``config.first_stage``). bm25 and hybrid need the collection's lexical index.
+            candidates: the cascade's pool (default :attr:`defaults`): first-stage
+                candidates ordered by the reranker's cheap fusion before it scores the top
+                ``depth``; unused by a reranker without cheap weights.
         """
         t0 = time.perf_counter()
         cfg = self.config
+        rr = self._slot.get()[1]  # one model for the whole answer
+        dflt = self._defaults_for(rr)
         k = cfg.k if k is None else k
-        depth = cfg.depth if depth is None else depth
-        budget = cfg.budget_ms if budget_ms is None else budget_ms
+        depth = dflt.depth if depth is None else depth
+        budget = dflt.budget_ms if budget_ms is None else budget_ms
         _check_query(query, cfg.max_query_chars)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= cfg.max_k:
             raise InvalidArgument(f"k must be an integer in 1..{cfg.max_k}, not {k!r}")
@@ -343,7 +406,7 @@ class Engine:
             raise InvalidArgument(f"budget_ms must be a number >= 0, not {budget!r}")
         if filter is not None and not isinstance(filter, dict):
             raise InvalidArgument(f"filter must be a dict of metadata values, not {filter!r}")
-        mode = cfg.first_stage if first_stage is None else first_stage
+        mode = dflt.first_stage if first_stage is None else first_stage
         if mode not in FIRST_STAGES:
             raise InvalidArgument(
                 f"first_stage must be one of {', '.join(FIRST_STAGES)}, not {mode!r}"
@@ -354,18 +417,48 @@ class Engine:
                 "was created without one (lexical=False)"
             )
         deadline = t0 + budget / 1000.0
-        rr = self._slot.get()[1]  # one model for the whole answer
         want_rerank = rerank and depth > 0 and rr is not None
         # The weight and its rule go together: the config's pair, else the model's.
         w, rule = cfg.fusion_weight, cfg.fusion_rule or "linear"
+        signal_w: dict[str, float] | None = None
         if rr is not None and w is None:
-            w, rule = rr.fusion_weight, rr.fusion_rule
+            if rr.fusion_rule == "signals":
+                w, signal_w = 0.0, (rr.fusion_signals or {}).get(mode)
+            else:
+                w, rule = rr.fusion_weight, rr.fusion_rule
         if not want_rerank:
-            w = 0.0
+            w, signal_w = 0.0, None
+        notes: list[str] = []
+        if signal_w and signal_w.get("bm25") and self._col.lexical is None:
+            notes.append("no lexical index: fused without the BM25 signal")
+            signal_w = {n: v for n, v in signal_w.items() if n != "bm25"}
+        need_sim = bool(w) or bool(signal_w and signal_w.get("dense"))
+        need_bm25 = bool(signal_w and signal_w.get("bm25"))
+        # The cascade: a pool of first-stage candidates is ordered by a cheap fusion of the
+        # first-stage signals (microseconds), and the reranker scores the top `depth` of that
+        # order, as far as the budget goes. Without cheap weights the pool is `depth` long and
+        # the order the first stage's.
+        cheap_w = (rr.fusion_cheap or {}).get(mode) if want_rerank and signal_w and rr else None
+        if cheap_w and cheap_w.get("bm25") and self._col.lexical is None:
+            cheap_w = {n: v for n, v in cheap_w.items() if n != "bm25"} or None
+        if candidates is not None and (
+            isinstance(candidates, bool)
+            or not isinstance(candidates, int)
+            or not 0 <= candidates <= cfg.max_depth
+        ):
+            raise InvalidArgument(
+                f"candidates must be an integer in 0..{cfg.max_depth}, not {candidates!r}"
+            )
+        pool_n = dflt.candidates if candidates is None else candidates
+        pool = max(pool_n, depth) if cheap_w else depth
+        if cheap_w and cheap_w.get("dense"):
+            need_sim = True
+        if cheap_w and cheap_w.get("bm25"):
+            need_bm25 = True
 
         vec: np.ndarray | None = None
         query_cached = False
-        if mode != "bm25" or w:  # bm25 needs the vector only to fuse with its similarity
+        if mode != "bm25" or need_sim:  # bm25 needs the vector only to fuse with it
             vec = self._query_cache.get(query)
             query_cached = vec is not None
             if vec is None:
@@ -373,32 +466,49 @@ class Engine:
                 self._query_cache.put(query, vec)
         t_enc = time.perf_counter()
 
-        n = max(k, depth) if want_rerank else k
-        first_arr, sims, t_ann, t_lex, docs = self._first_stage(
-            mode, query, vec, n, filter, tokens=want_rerank, need_sim=bool(w)
+        n = max(k, pool) if want_rerank else k
+        first_arr, sims, t_ann, t_lex, docs, bm25 = self._first_stage(
+            mode, query, vec, n, filter, tokens=want_rerank, need_sim=need_sim, need_bm25=need_bm25
         )
         t_fetch = time.perf_counter()
 
         first = first_arr.tolist()
-        notes: list[str] = []
-        if w and sims is None:
+        if need_sim and sims is None:
             notes.append("a candidate was deleted during the search: no score fusion")
-            w = 0.0
+            w, signal_w = 0.0, None
         scored: dict[int, float] = {}
         cached = 0
         degraded_reason: str | None = None
         rr_version: str | None = None
-        cand = min(depth, len(docs)) if want_rerank else 0
+        cand = min(pool, len(docs)) if want_rerank else 0
+        # `order_` is the order candidates are scored in and unscored ones are listed in;
+        # `crank[pos]` a candidate's rank in it (the fusion's "rank" signal).
+        order_ = list(range(len(docs)))
+        if cheap_w and cand > 1:
+            head = list(range(cand))
+            c = fuse_signals(self._signals(head, docs, sims, bm25, None), cheap_w)
+            order_ = sorted(head, key=lambda i: (-c[i], i)) + order_[cand:]
+        crank = {p: r for r, p in enumerate(order_)}
         if want_rerank:
             assert rr is not None
             rr_version = rr.version
-            scored, cached, degraded_reason = self._rerank(rr, query, docs[:cand], deadline)
+            todo = order_[: min(depth, cand)]
+            got, cached, degraded_reason = self._rerank(
+                rr, query, [docs[p] for p in todo], deadline
+            )
+            scored = {todo[i]: v for i, v in got.items()}
         elif rerank and depth > 0 and rr is None:
             notes.append("no reranker installed: first-stage order")
         t_rr = time.perf_counter()
 
         final = scored
-        if w and sims is not None and scored:  # the model is read beside the similarity
+        if signal_w and scored:  # the model read beside every first-stage signal
+            by_rank = sorted(scored, key=crank.__getitem__)
+            sig = self._signals(by_rank, docs, sims, bm25, [crank[p] for p in by_rank])
+            sig["reranker"] = np.asarray([scored[p] for p in by_rank], dtype=np.float64)
+            fused = fuse_signals(sig, {n: v for n, v in signal_w.items() if n in sig})
+            final = dict(zip(by_rank, fused.tolist(), strict=True))
+        elif w and sims is not None and scored:  # the model is read beside the similarity
             pos_ = np.fromiter(scored, dtype=np.int64, count=len(scored))
             fused = fuse(
                 np.fromiter(scored.values(), dtype=np.float64, count=len(scored)),
@@ -407,11 +517,8 @@ class Engine:
                 rule,
             )
             final = dict(zip(scored, fused.tolist(), strict=True))
-        order = (
-            rerank_order(np.arange(len(docs), dtype=np.uint64), final)
-            if final
-            else np.arange(len(docs))
-        )
+        base = np.asarray(order_, dtype=np.uint64)
+        order = base[rerank_order(base, final)] if final else base
         hits = []
         for pos in order[:k]:
             pos = int(pos)
@@ -465,14 +572,20 @@ class Engine:
         *,
         tokens: bool,
         need_sim: bool,
-    ) -> tuple[np.ndarray, np.ndarray | None, float, float, list[StoredDoc]]:
+        need_bm25: bool = False,
+    ) -> tuple[
+        np.ndarray, np.ndarray | None, float, float, list[StoredDoc], dict[int, float] | None
+    ]:
         """Top-n candidates: (first-stage scores, similarities or None, ANN seconds, BM25
-        seconds, documents). With a filter, widen the search until n match."""
+        seconds, documents, BM25 score by key or None). With a filter, widen the search
+        until n match."""
         total = len(self._col.index)  # the store's count, without a COUNT(*) per search
         ask = n if filter is None else min(max(4 * n, 64), max(total, 1))
         t_ann = t_lex = 0.0
         while True:
-            keys, scores, dists, dt_ann, dt_lex = self._retrieve(mode, query, vec, max(ask, 1))
+            keys, scores, dists, dt_ann, dt_lex, bm25 = self._retrieve(
+                mode, query, vec, max(ask, 1), need_bm25
+            )
             t_ann += dt_ann
             t_lex += dt_lex
             got = self._col.fetch(keys, tokens=tokens)  # ids only if reranking
@@ -492,12 +605,13 @@ class Engine:
             sims = np.asarray([_similarity(self._metric, float(x)) for x in dists[rows]])
         elif need_sim and vec is not None:
             sims = self._similarities(vec, keys[rows])
-        return first, sims, t_ann, t_lex, docs
+        return first, sims, t_ann, t_lex, docs, bm25
 
     def _retrieve(
-        self, mode: str, query: str, vec: np.ndarray | None, ask: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float, float]:
-        """(keys, first-stage scores, dense distances if dense, ANN s, BM25 s)."""
+        self, mode: str, query: str, vec: np.ndarray | None, ask: int, need_bm25: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float, float, dict[int, float] | None]:
+        """(keys, first-stage scores, dense distances if dense, ANN s, BM25 s, BM25 score
+        by key when the lexical list was run)."""
         t_ann = t_lex = 0.0
         dkeys = dd = None
         if mode != "bm25":
@@ -510,15 +624,39 @@ class Engine:
             t_ann = time.perf_counter() - t
             if mode == "dense":
                 sim = np.asarray([_similarity(self._metric, float(x)) for x in dd], np.float32)
-                return dkeys, sim, dd, t_ann, t_lex
+                bm25 = None
+                if need_bm25:  # the lexical list only as a signal for fusion
+                    t = time.perf_counter()
+                    lk, ls = self._col.lexical_search(query, ask)
+                    t_lex = time.perf_counter() - t
+                    bm25 = dict(zip(lk.tolist(), ls.tolist(), strict=True))
+                return dkeys, sim, dd, t_ann, t_lex, bm25
         t = time.perf_counter()
         lkeys, lscores = self._col.lexical_search(query, ask)
         t_lex = time.perf_counter() - t
+        bm25 = dict(zip(lkeys.tolist(), lscores.tolist(), strict=True))
         if mode == "bm25":
-            return lkeys, lscores, None, t_ann, t_lex
+            return lkeys, lscores, None, t_ann, t_lex, bm25
         assert dkeys is not None
         fused, fscores = rrf([dkeys, lkeys], k=ask, c=self.config.rrf_c)
-        return fused, fscores, None, t_ann, t_lex
+        return fused, fscores, None, t_ann, t_lex, bm25
+
+    @staticmethod
+    def _signals(
+        positions: Sequence[int],
+        docs: Sequence[StoredDoc],
+        sims: np.ndarray | None,
+        bm25: dict[int, float] | None,
+        ranks: Sequence[int] | None,
+    ) -> dict[str, np.ndarray]:
+        """The first-stage signals (:mod:`twostage.fusion`) of candidates at ``positions``;
+        ``rank`` is their rank in ``ranks`` (default: the first stage's)."""
+        sig = {"rank": rank_signal(positions if ranks is None else ranks)}
+        if sims is not None:
+            sig["dense"] = np.asarray(sims, dtype=np.float64)[list(positions)]
+        if bm25 is not None:
+            sig["bm25"] = bm25_signal([docs[p].key for p in positions], bm25)
+        return sig
 
     def _similarities(self, vec: np.ndarray, keys: np.ndarray) -> np.ndarray | None:
         """The dense similarity of lexical candidates, from their stored embeddings."""
@@ -581,6 +719,8 @@ class Engine:
         with self._cost_lock:
             per_token = self._cost.get(version, 0.0) if fixed is None else fixed / 1000.0
         scorer = self.scorer
+        if scorer is None and rr.row_wise:
+            return self._rerank_rows(rr, query, docs, todo, pairs, scored, deadline, per_token)
         if scorer is not None:
             got, reason = scorer.score_pairs(rr, pairs, deadline, per_token)
             for i, s in got.items():
@@ -594,9 +734,18 @@ class Engine:
             rows = list(range(start, min(start + bs, len(todo))))
             # Shrink the batch to what the budget is predicted to hold, so a slow machine
             # still scores its best candidates (and keeps measuring the model's real speed).
-            width = max(len(pairs.ids[i]) for i in rows)
+            # The cost is per real token: a row-wise reranker computes no padding.
             now = time.perf_counter()
-            fit = int((deadline - now) / (per_token * width)) if per_token > 0 else len(rows)
+            left_s = deadline - now - _RESERVE_S
+            fit = 0
+            spent = 0.0
+            for i in rows:
+                spent += per_token * len(pairs.ids[i])
+                if spent > left_s:
+                    break
+                fit += 1
+            if fit < 1 and not scored and now < deadline:
+                fit = 1  # some time left, nothing scored: one pair rather than none
             if fit < 1:
                 left = len(todo) - start
                 return scored, cached, f"budget: {left} of {len(docs)} candidates not scored"
@@ -616,9 +765,10 @@ class Engine:
                 return scored, cached, f"reranker failed: {type(e).__name__}: {e}"
             took = time.perf_counter() - t
             if fixed is None:
+                real = int(batch.attention_mask.sum()) if rr.row_wise else batch.tokens
                 with self._cost_lock:  # moving average: one slow batch does not stall many
-                    prev = self._cost.get(version, took / batch.tokens)
-                    self._cost[version] = 0.7 * prev + 0.3 * took / batch.tokens
+                    prev = self._cost.get(version, took / real)
+                    self._cost[version] = 0.7 * prev + 0.3 * took / real
                     per_token = self._cost[version]
             if not np.isfinite(scores).all():
                 return scored, cached, "reranker returned non-finite scores"
@@ -629,6 +779,79 @@ class Engine:
                 self._score_cache.put((version, query, d.key, d.seq), s)
         return scored, cached, None
 
+    def _rerank_rows(
+        self,
+        rr: Reranker,
+        query: str,
+        docs: Sequence[StoredDoc],
+        todo: list[int],
+        pairs: Pairs,
+        scored: dict[int, float],
+        deadline: float,
+        per_token: float,
+    ) -> tuple[dict[int, float], int, str | None]:
+        """Row-wise scoring, pipelined: ``rr.workers`` pairs in flight, and before each next
+        pair the check that it is predicted to end in time (``per_token``: one pair on one
+        thread). No batch barrier: a free thread takes the next pair at once."""
+        cached = len(scored)
+        version = rr.version
+        fixed = self.config.rerank_ms_per_token is not None
+        inflight: dict[Future[np.ndarray], tuple[int, float]] = {}
+        nxt = 0
+        reason: str | None = None
+        stop = False
+        # Past the deadline plus a grace period every run in flight is cancelled.
+        now = time.perf_counter()
+        cancel = _Cancel(deadline - now + self.config.cancel_grace_ms / 1000.0)
+        with cancel:
+            while inflight or (nxt < len(todo) and not stop):
+                while not stop and nxt < len(todo) and len(inflight) < rr.workers:
+                    now = time.perf_counter()
+                    i = nxt
+                    cost = per_token * len(pairs.ids[i])
+                    if now + cost > deadline - _RESERVE_S and (
+                        scored or inflight or now >= deadline
+                    ):
+                        # Some time left and nothing scored yet: one pair, never none.
+                        stop = True
+                        break
+                    fut = rr.submit(pairs.ids[i], pairs.type_ids[i], cancel.options)
+                    inflight[fut] = (i, time.perf_counter())
+                    nxt += 1
+                if not inflight:
+                    break
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i, t = inflight.pop(fut)
+                    took = time.perf_counter() - t
+                    try:
+                        s = float(rr.postprocess(fut.result())[0])
+                    except Exception as e:
+                        stop = True
+                        if reason is None:
+                            reason = (
+                                "timeout: reranker run cancelled at the deadline"
+                                if cancel.fired
+                                else f"reranker failed: {type(e).__name__}: {e}"
+                            )
+                        continue
+                    if not math.isfinite(s):
+                        stop = True
+                        reason = reason or "reranker returned non-finite scores"
+                        continue
+                    if not fixed:
+                        with self._cost_lock:  # one pair on one thread, per token
+                            prev = self._cost.get(version, took / len(pairs.ids[i]))
+                            per_token = 0.8 * prev + 0.2 * took / len(pairs.ids[i])
+                            self._cost[version] = per_token
+                    pos = todo[i]
+                    scored[pos] = s
+                    d = docs[pos]
+                    self._score_cache.put((version, query, d.key, d.seq), s)
+        if reason is None and nxt < len(todo):
+            reason = f"budget: {len(todo) - nxt} of {len(docs)} candidates not scored"
+        return scored, cached, reason
+
     # ---- introspection ----
     @property
     def collection(self) -> Collection:
@@ -638,6 +861,10 @@ class Engine:
     def cache_stats(self) -> dict[str, dict[str, int]]:
         """Hit and miss counters of the query-vector and score caches."""
         return {"query": self._query_cache.stats(), "scores": self._score_cache.stats()}
+
+
+#: Kept free at the end of the budget for what follows the reranker (fusion, the hits).
+_RESERVE_S = 0.001
 
 
 def _check_query(query: object, limit: int) -> None:
@@ -677,4 +904,4 @@ def _snippet(text: str, limit: int) -> str:
     return text[: cut if cut > limit // 2 else limit] + " …"
 
 
-__all__ = ["Engine", "Hit", "LRUCache", "PairScorer", "SearchResponse", "Timings"]
+__all__ = ["Defaults", "Engine", "Hit", "LRUCache", "PairScorer", "SearchResponse", "Timings"]

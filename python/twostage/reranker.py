@@ -17,13 +17,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from twostage._models import ModelFiles, Precision, resolve
 from twostage._onnx import Batch, OnnxModel, check_texts, plan_batches
-from twostage.config import fusion_problem
+from twostage.config import FIRST_STAGES, fusion_problem
 from twostage.errors import InvalidModel
+from twostage.fusion import weights_problem
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,27 @@ class Pairs:
         return len(self.ids)
 
 
+def defaults_problem(defaults: object) -> str | None:
+    """What is wrong with a twostage.json ``defaults`` table, or None."""
+    if defaults is None:
+        return None
+    if not isinstance(defaults, dict):
+        return f"defaults must be a table (first_stage, depth, budget_ms), not {defaults!r}"
+    for k, v in defaults.items():
+        if k == "first_stage":
+            if v not in FIRST_STAGES:
+                return f"defaults.first_stage must be one of {', '.join(FIRST_STAGES)}, not {v!r}"
+        elif k in ("depth", "budget_ms", "candidates", "max_length"):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 60_000:
+                return f"defaults.{k} must be a number in 0..60000, not {v!r}"
+        else:
+            return (
+                f"defaults: unknown setting {k!r} "
+                "(first_stage, depth, candidates, budget_ms, max_length)"
+            )
+    return None
+
+
 class Reranker(OnnxModel):
     """A cross-encoder (BERT family, sequence classification head).
 
@@ -46,6 +69,9 @@ class Reranker(OnnxModel):
     """
 
     MIN_LENGTH = 8  # room for [CLS] query [SEP] document [SEP] with a few tokens each
+    #: A pair's score must not depend on its batch-mates (int8 activation scales are per
+    #: tensor): on the CPU each pair runs alone, ``threads`` pairs at a time.
+    ROW_WISE = True
 
     @classmethod
     def load(
@@ -64,8 +90,11 @@ class Reranker(OnnxModel):
                 ``BertForSequenceClassification`` checkpoint: config.json + model.safetensors +
                 tokenizer.json, exported on first use), or a Hugging Face repo id.
             precision: ``"int8"`` (dynamic, per-channel) or ``"fp32"``.
-            max_length: pair token limit; default and upper bound: the model's own.
-            threads: onnxruntime intra-op threads; default: this machine's cores.
+            max_length: pair token limit; default: the length its defaults were measured at
+                (twostage.json ``defaults.max_length``), else the model's own (the upper bound).
+            threads: pairs scored at once on the CPU, one onnxruntime thread each (each pair
+                runs alone, so its score does not depend on its batch-mates); with a device
+                provider, onnxruntime's intra-op threads. Default: this machine's cores.
             providers: e.g. ``["cuda"]``; default CPU.
 
         >>> rr = Reranker.load("ce/", precision="fp32", max_length=256)  # doctest: +SKIP
@@ -82,6 +111,11 @@ class Reranker(OnnxModel):
         providers: Sequence[str] | str | None = None,
     ) -> None:
         """Internal: use :meth:`load`, which resolves a spec to ``files``."""
+        problem = defaults_problem(files.settings.get("defaults"))
+        if problem:
+            raise InvalidModel(f"{files.onnx.parent}/twostage.json: {problem}")
+        if max_length is None:  # the pair length the model's defaults were measured at
+            max_length = (files.settings.get("defaults") or {}).get("max_length")
         super().__init__(files, max_length=max_length, threads=threads, providers=providers)
         cls_id = self._tokenizer.token_to_id("[CLS]")
         sep_id = self._tokenizer.token_to_id("[SEP]")
@@ -98,9 +132,18 @@ class Reranker(OnnxModel):
         self._output = out.name
         self._settings = files.settings
         fusion = files.settings.get("fusion") or {}
-        problem = fusion_problem(fusion.get("mode") or "linear", fusion.get("first_stage_weight"))
-        if problem:
-            raise InvalidModel(f"twostage.json fusion (mode, first_stage_weight): {problem}")
+        if fusion.get("mode") == "signals":
+            problem = weights_problem(fusion.get("weights"))
+            if not problem and fusion.get("cheap") is not None:
+                problem = weights_problem(fusion["cheap"], need_reranker=False, what="cheap")
+            if problem:
+                raise InvalidModel(f"{files.onnx.parent}/twostage.json: {problem}")
+        else:
+            problem = fusion_problem(
+                fusion.get("mode") or "linear", fusion.get("first_stage_weight")
+            )
+            if problem:
+                raise InvalidModel(f"twostage.json fusion (mode, first_stage_weight): {problem}")
 
     # ---- properties ----
     @property
@@ -125,9 +168,36 @@ class Reranker(OnnxModel):
         return str((self._settings.get("fusion") or {}).get("mode") or "linear")
 
     @property
+    def fusion_signals(self) -> dict[str, dict[str, float]] | None:
+        """Signal weights per first stage (:mod:`twostage.fusion`) when
+        :attr:`fusion_rule` is ``"signals"``, else None."""
+        fusion = self._settings.get("fusion") or {}
+        if fusion.get("mode") != "signals":
+            return None
+        return {s: {k: float(v) for k, v in t.items()} for s, t in fusion["weights"].items()}
+
+    @property
+    def fusion_cheap(self) -> dict[str, dict[str, float]] | None:
+        """The cascade's cheap weights per first stage (first-stage signals only, no
+        reranker): twostage.json ``fusion.cheap`` in ``"signals"`` mode, else None."""
+        fusion = self._settings.get("fusion") or {}
+        cheap = fusion.get("cheap") if fusion.get("mode") == "signals" else None
+        if not cheap:
+            return None
+        return {s: {k: float(v) for k, v in t.items()} for s, t in cheap.items()}
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The search settings this model was measured to fit (twostage.json ``defaults``):
+        ``first_stage``, ``depth``, ``budget_ms``, each optional."""
+        return dict(self._settings.get("defaults") or {})
+
+    @property
     def recommended_depth(self) -> int | None:
         """The rerank depth the model's evaluation chose (twostage.json), if any."""
-        d = (self._settings.get("fusion") or {}).get("recommended_depth")
+        d = self.defaults.get(
+            "depth", (self._settings.get("fusion") or {}).get("recommended_depth")
+        )
         return None if d is None else int(d)
 
     def __repr__(self) -> str:
@@ -207,4 +277,4 @@ class Reranker(OnnxModel):
         return self.score_tokens(query, self.tokenize_documents(documents), batch_size=batch_size)
 
 
-__all__ = ["Pairs", "Reranker"]
+__all__ = ["Pairs", "Reranker", "defaults_problem"]

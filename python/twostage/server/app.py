@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -562,6 +563,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             "encoder": col.encoder.name,
             "reranker": rr.version if rr else None,
             "batching": service.batcher is not None,
+            # What a search that does not say gets: the page shows these.
+            "defaults": dataclasses.asdict(eng.defaults),
         }
 
     @app.get("/metrics", tags=["ops"], dependencies=[Depends(read_guard)])
@@ -579,7 +582,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         eng, col, _ = service.need()
         _check_search(body, settings)
         arrived = time.perf_counter()
-        budget = settings.engine.budget_ms if body.budget_ms is None else body.budget_ms
+        budget = eng.defaults.budget_ms if body.budget_ms is None else body.budget_ms
         waited: list[float] = [0.0, 0.0]
 
         def run_search(engine: Engine, slot: int) -> SearchResponse:
@@ -597,7 +600,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             )
 
         exps = service.experiments
-        depth = settings.engine.depth if body.depth is None else body.depth
+        depth = eng.defaults.depth if body.depth is None else body.depth
         # Only reranked searches are drawn: with the first stage alone both sides are equal.
         arm = exps.draw() if exps is not None and body.rerank and depth > 0 else None
         rr = eng.reranker

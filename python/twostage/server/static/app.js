@@ -63,10 +63,11 @@ async function search(event) {
   const body = {
     query,
     k: Number($("k").value) || 10,
-    depth: Number($("depth").value),
-    budget_ms: Number($("budget").value),
     rerank: $("rerank").checked,
   };
+  // Empty fields: the server's defaults (the same the CLI and the Python API use).
+  if ($("depth").value !== "") body.depth = Number($("depth").value);
+  if ($("budget").value !== "") body.budget_ms = Number($("budget").value);
   if ($("first-stage").value) body.first_stage = $("first-stage").value;
   try {
     const r = await fetch("/search", { method: "POST", headers: headers(), body: JSON.stringify(body) });
@@ -90,6 +91,11 @@ async function status() {
     $("status").textContent = r.ok
       ? `${d.documents} documents · reranker ${d.reranker || "none"}`
       : d.error.message;
+    if (r.ok && d.defaults) {
+      $("depth").placeholder = d.defaults.depth;
+      $("budget").placeholder = d.defaults.budget_ms;
+      $("first-stage").options[0].textContent = `server default (${d.defaults.first_stage})`;
+    }
   } catch (err) {
     $("status").textContent = "server unreachable";
   }

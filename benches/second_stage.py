@@ -1,0 +1,293 @@
+"""What the second stage adds, per first stage, with fusion weights fitted on dev only.
+
+``collect`` runs the engine's own first stages (dense HNSW, BM25, their reciprocal-rank
+fusion) over every judged query of SciFact dev (SciFact *train* queries the reranker never
+trained on), SciFact test and the five other shared collections, and scores the union of
+each query's top ``--depth`` candidates with the reranker at each ``--lengths`` (pair token
+limit). Logits are cached, so a re-run only scores what is new.
+
+``fit`` then, for each first stage, pair length and rerank depth, picks the signal weights
+(:mod:`twostage.fusion`, a simplex grid) on SciFact dev alone and reports NDCG@10
+(ir-measures) everywhere, with paired tests against the first stage reranked and against
+hybrid alone, and the ablation without the reranker (what the logit itself adds)::
+
+    python benches/second_stage.py collect --mined MINED --out ss.pkl
+    python benches/second_stage.py fit ss.pkl --json ss-fit.json > ss-fit.md
+
+``MINED`` is the mining output (``python -m twostage.train mine --sets scifact --bm25``) that
+says which SciFact train queries were trained on (TRAINING.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pickle
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from twostage import Engine, EngineConfig, rrf
+from twostage.evaluation import Dataset, collection_for, paired_test, per_query
+from twostage.fusion import bm25_signal, fit_weights, fuse_signals, rank_signal
+from twostage.reranker import Reranker
+from twostage.train.data import SHARED
+from twostage.train.evaluate import ndcg_at_k
+from twostage.train.report import OOD, dev_query_ids
+
+STAGES = ("dense", "bm25", "hybrid")
+SIGNALS_BY_STAGE = ("reranker", "dense", "bm25", "rank")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def datasets(mined: Path) -> dict[str, Dataset]:
+    data = SHARED / "data"
+    dev = Dataset.load(data / "scifact", "train")
+    keep = set(dev_query_ids(mined))
+    dev = dataclasses.replace(
+        dev,
+        queries={q: t for q, t in dev.queries.items() if q in keep},
+        qrels={q: r for q, r in dev.qrels.items() if q in keep},
+    )
+    out = {"dev": dev, "scifact": Dataset.load(data / "scifact", "test")}
+    for c in OOD:
+        out[c] = Dataset.load(data / c, "test")
+    return out
+
+
+def collect(a: argparse.Namespace) -> None:
+    state: dict[str, Any] = {}
+    if a.out.is_file():
+        state = pickle.loads(a.out.read_bytes())
+    lengths = [int(x) for x in a.lengths.split(",")]
+    models = {n: Reranker.load(a.model, max_length=n) for n in lengths}
+    for name, ds in datasets(a.mined).items():
+        col = collection_for(ds)
+        eng = Engine(col, reranker=None, config=EngineConfig(depth=0))
+        st = state.setdefault(name, {"qrels": ds.qrels, "queries": {}})
+        t0 = time.perf_counter()
+        for qid, text in ds.queries.items():
+            q = st["queries"].get(qid)
+            if q is None:
+                vec = col.encoder.encode([text], kind="query")[0]
+                dk = eng._retrieve("dense", text, vec, a.candidates)[0]
+                lk, ls = col.lexical_search(text, a.candidates)
+                hk = rrf([dk, lk], k=a.candidates, c=60.0)[0]
+                lists = {"dense": dk.tolist(), "bm25": lk.tolist(), "hybrid": hk.tolist()}
+                union = sorted({int(k) for v in lists.values() for k in v})
+                sims = eng._similarities(vec, np.asarray(union, dtype=np.uint64))
+                assert sims is not None
+                docs = col.fetch(np.asarray(union, dtype=np.uint64), tokens=True)
+                q = {
+                    "text": text,
+                    "lists": lists,
+                    "dense": dict(zip(union, sims.tolist(), strict=True)),
+                    "bm25": dict(zip(lk.tolist(), ls.tolist(), strict=True)),
+                    "ids": {k: d.id for k, d in zip(union, docs, strict=True) if d is not None},
+                    "tokens": {k: d.tokens for k, d in zip(union, docs, strict=True) if d},
+                    "logits": {},
+                }
+                st["queries"][qid] = q
+            for n, rr in models.items():
+                have = q["logits"].setdefault(n, {})
+                need = sorted(
+                    {k for v in q["lists"].values() for k in v[: a.depth] if k not in have}
+                )
+                if need:
+                    tok = q.setdefault("tokens", {})  # an earlier run's query: fetch again
+                    miss = [k for k in need if k not in tok]
+                    if miss:
+                        got = col.fetch(np.asarray(miss, dtype=np.uint64), tokens=True)
+                        tok.update({k: d.tokens for k, d in zip(miss, got, strict=True) if d})
+                    s = rr.score_tokens(text, [tok.get(k) or [] for k in need])
+                    have.update(zip(need, s.tolist(), strict=True))
+        col.close()
+        _log(f"{name}: {len(ds.queries)} queries, {time.perf_counter() - t0:.0f} s")
+        for q in st["queries"].values():
+            q.pop("tokens", None)
+        tmp = a.out.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(state))
+        tmp.replace(a.out)
+
+
+def signals(q: dict[str, Any], keys: list[int], ranks: list[int]) -> dict[str, np.ndarray]:
+    """The first-stage signals of ``keys`` as the engine computes them (``Engine._signals``)."""
+    return {
+        "dense": np.asarray([q["dense"][k] for k in keys]),
+        "bm25": bm25_signal(keys, q["bm25"]),
+        "rank": rank_signal(ranks),
+    }
+
+
+def ranking(
+    st: dict[str, Any],
+    stage: str,
+    *,
+    cheap: dict[str, float] | None = None,
+    length: int = 0,
+    depth: int = 0,
+    w: dict[str, float] | None = None,
+    pool: int = 100,
+) -> dict[str, list[str]]:
+    """The engine's order, query by query: the pool (first ``pool`` candidates) ordered by
+    the ``cheap`` fusion (None: first-stage order), then its top ``depth`` by the fusion
+    ``w`` of every signal with the reranker's (None: no reranker), ``rank`` being the rank
+    in the cheap order; unscored candidates follow in the cheap order."""
+    out: dict[str, list[str]] = {}
+    for qid, q in st["queries"].items():
+        lst, ids = q["lists"][stage], q["ids"]
+        head = lst[:pool]
+        order = list(range(len(head)))
+        if cheap:
+            c = fuse_signals(signals(q, head, order), cheap)
+            order = sorted(order, key=lambda i: (-c[i], i))
+        if w is not None and depth:
+            top = order[:depth]
+            keys = [head[i] for i in top]
+            sig = signals(q, keys, list(range(len(top))))
+            sig["reranker"] = np.asarray([q["logits"][length][k] for k in keys])
+            f = fuse_signals(sig, w)
+            order = [top[i] for i in sorted(range(len(top)), key=lambda i: (-f[i], i))] + order[
+                depth:
+            ]
+        out[qid] = [ids[head[i]] for i in order] + [ids[k] for k in lst[pool:]]
+    return out
+
+
+def as_scores(r: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+    return {q: {d: -float(i) for i, d in enumerate(ds)} for q, ds in r.items()}
+
+
+def fit(a: argparse.Namespace) -> None:
+    state = pickle.loads(a.state.read_bytes())
+    lengths = [int(x) for x in a.lengths.split(",")]
+    depths = [int(x) for x in a.depths.split(",")]
+    cols = ["dev", "scifact", *OOD]
+    out: dict[str, Any] = {"fits": [], "cheap": {}}
+    dev = state["dev"]
+
+    def score(c: str, run: dict[str, list[str]]) -> dict[str, float]:
+        return per_query(state[c]["qrels"], run, ("nDCG@10",))["nDCG@10"]
+
+    def fit_on_dev(
+        names: tuple[str, ...], depths: list[int] | None = None, **kw: Any
+    ) -> dict[str, float]:
+        """Weights with the best dev NDCG@10 (the mean over ``depths`` when given)."""
+        key = "cheap" if "reranker" not in names else "w"
+
+        def dev_score(w: dict[str, float]) -> float:
+            runs = [
+                ranking(dev, **{**kw, key: w, **({"depth": d} if depths else {})})
+                for d in depths or [0]
+            ]
+            return float(np.mean([ndcg_at_k(dev["qrels"], as_scores(r)) for r in runs]))
+
+        best, _ = fit_weights("scifact train (dev)", dev_score, names, a.step)
+        return best
+
+    base = {s: {c: score(c, ranking(state[c], s)) for c in cols} for s in STAGES}
+    out["first_stage"] = {
+        s: {c: float(np.mean(list(v.values()))) for c, v in base[s].items()} for s in STAGES
+    }
+
+    def row(label: str, stage: str, length: int, depth: int, **kw: Any) -> None:
+        r: dict[str, Any] = {
+            "stage": stage,
+            "length": length,
+            "depth": depth,
+            "signals": label,
+            "weights": kw,
+            "ndcg": {},
+            "vs_first": {},
+            "vs_hybrid": {},
+        }
+        for c in cols:
+            per = score(c, ranking(state[c], stage, length=length, depth=depth, **kw))
+            r["ndcg"][c] = float(np.mean(list(per.values())))
+            t1 = paired_test(base[stage][c], per, resamples=2000)
+            t2 = paired_test(base["hybrid"][c], per, resamples=2000)
+            r["vs_first"][c] = [round(t1.delta, 4), round(t1.p_ttest, 4)]
+            r["vs_hybrid"][c] = [round(t2.delta, 4), round(t2.p_ttest, 4)]
+        out["fits"].append(r)
+        _log(
+            f"{stage} {label} L{length} d{depth}: {kw} dev {r['ndcg']['dev']:.4f} "
+            f"test {r['ndcg']['scifact']:.4f}"
+        )
+
+    # One weight set per (first stage, pair length) for every depth: the budget decides how
+    # many candidates get scored, so the weights must hold at any depth (per-depth fits on
+    # 163 dev queries also jumped between unrelated optima from one depth to the next).
+    out["weights"] = {}
+    for stage in STAGES:
+        cheap = fit_on_dev(SIGNALS_BY_STAGE[1:], stage=stage)
+        out["cheap"][stage] = cheap
+        row("cheap fusion alone (no reranker)", stage, 0, 0, cheap=cheap)
+        for length in lengths:
+            w = fit_on_dev(SIGNALS_BY_STAGE, stage=stage, cheap=cheap, length=length, depths=depths)
+            out["weights"][f"{stage}@{length}"] = w
+            for depth in depths:
+                row("cascade + reranker", stage, length, depth, cheap=cheap, w=w)
+            deep = depths[-1]
+            w0 = fit_on_dev(SIGNALS_BY_STAGE, stage=stage, length=length, depths=depths)
+            row("first-stage order + reranker", stage, length, deep, w=w0)
+            row("bare logit", stage, length, deep, w={"reranker": 1.0})
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+    print(markdown(out, cols))
+
+
+def markdown(out: dict[str, Any], cols: list[str]) -> str:
+    lines = [
+        "| first stage | tokens | depth | signals | "
+        + " | ".join(cols)
+        + " | worst Δ vs its first stage |",
+        "|---|---|---|---|" + "---|" * (len(cols) + 1),
+    ]
+    for s in STAGES:
+        v = out["first_stage"][s]
+        lines.append(f"| {s} alone | | | | " + " | ".join(f"{v[c]:.4f}" for c in cols) + " | |")
+    for r in out["fits"]:
+        worst = min(r["vs_first"][c][0] for c in cols[1:])
+        cells = []
+        for c in cols:
+            p = r["vs_first"][c][1]
+            mark = "*" if p < 0.05 else ""
+            cells.append(f"{r['ndcg'][c]:.4f}{mark}")
+        lines.append(
+            f"| {r['stage']} | {r['length']} | {r['depth']} | {r['signals']} | "
+            + " | ".join(cells)
+            + f" | {worst:+.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("--mined", type=Path, required=True)
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--model", default="twostage-rerank")
+    c.add_argument("--lengths", default="64,96,128")
+    c.add_argument("--depth", type=int, default=64, help="reranker-scored top of each list")
+    c.add_argument("--candidates", type=int, default=100)
+    c.set_defaults(fn=collect)
+    f = sub.add_parser("fit")
+    f.add_argument("state", type=Path)
+    f.add_argument("--depths", default="20,30,40,50")
+    f.add_argument("--lengths", default="96,128")
+    f.add_argument("--step", type=float, default=0.1)
+    f.add_argument("--json", default=None)
+    f.set_defaults(fn=fit)
+    a = ap.parse_args()
+    a.fn(a)
+
+
+if __name__ == "__main__":
+    main()
