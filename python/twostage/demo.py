@@ -109,10 +109,10 @@ def search_demo(passages: int, out: Path | None, questions: list[str], depth: in
 
     with Collection.open(folder, encoder) as col:
         engine = Engine(col, reranker=reranker)
+        print(f"[engine] defaults: {engine.defaults}")
         for q in questions:
             print()
-            d = depth if depth is not None else (reranker and reranker.recommended_depth) or 30
-            print(render(engine.search(q, k=5, depth=d)))
+            print(render(engine.search(q, k=5, depth=depth)))
 
 
 def main(argv: list[str] | None = None) -> None:
