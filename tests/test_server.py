@@ -264,6 +264,26 @@ def test_health_ready_metrics_docs_page(shared: httpx.Client, versions: dict[str
 # ---- writes and security -----------------------------------------------------------------
 
 
+def test_the_server_uses_the_shipped_models_defaults(col: Path, roots: Path) -> None:
+    """No reranker named, no engine setting: the shipped model and its twostage.json
+    defaults, the same ones ``Engine(col)`` and the CLI use; the page reads them here."""
+    shipped = Reranker.load("twostage-rerank")
+    cfg = settings(col, roots, reranker=None, reranker_precision="int8", engine=EngineConfig())
+    with serve(cfg) as c:
+        ready = c.get("/readyz").json()
+        assert ready["reranker"] == shipped.version
+        d = shipped.defaults
+        assert ready["defaults"] == {
+            "first_stage": d["first_stage"],
+            "depth": d["depth"],
+            "budget_ms": float(d["budget_ms"]),
+            "candidates": d["candidates"],
+        }
+        out = c.post("/search", json={"query": QUERY, "k": 5}).json()
+        assert out["first_stage"] == d["first_stage"] and out["candidates"] == d["candidates"]
+        assert out["reranker_version"] == shipped.version and out["scored"] >= 1
+
+
 def test_documents_crud_and_tokens(col: Path, roots: Path) -> None:
     with serve(settings(col, roots, max_batch_docs=4)) as c:
         doc = {

@@ -115,7 +115,7 @@ def _unfuse_skip_layernorm(path: Path) -> bytes | None:
     The same arithmetic, faster on the CPU: onnxruntime 1.32's CPU SkipLayerNormalization
     took 1.56 ms of a 3-layer cross-encoder's 8.9 ms run (one pair, 128 tokens, one thread,
     AMD Zen 4); unfused, the LayerNormalizations and Adds take 0.38 ms and the run 7.3 ms
-    (BENCHMARKS.md, "Second stage"). ``SkipLayerNormFusion`` must then be disabled, or the
+    (BENCHMARKS.md §10). ``SkipLayerNormFusion`` must then be disabled, or the
     optimiser fuses them back.
     """
     import onnx
@@ -349,8 +349,8 @@ class OnnxModel:
         # Row-wise. Dynamic int8 quantisation takes one activation scale per tensor, so in a
         # batched run a row's output depends on its batch-mates (up to 1.7 logits measured);
         # alone, without padding, a row gets the same output in any batch. It is also faster
-        # on a small CPU: two one-thread runs side by side scored 100 pairs in 439 ms against
-        # 464 ms for 2-thread batches of 16 (AMD Zen 4, BENCHMARKS.md "Second stage").
+        # on a small CPU: two one-thread runs side by side scored 100 pairs in 406 ms against
+        # 445 ms for 2-thread batches of 16 (AMD Zen 4, BENCHMARKS.md §10).
         lengths = batch.attention_mask.sum(axis=1).tolist()
         feeds_all = batch.feeds(self._inputs)
 

@@ -83,11 +83,11 @@ class EngineConfig:
     #: top ``depth`` of that order. None: the reranker's default, else
     #: :data:`DEFAULT_CANDIDATES`. Unused by a reranker without cheap weights.
     candidates: int | None = None
-    #: Pairs per reranker call: smaller batches follow the deadline more closely (4: two
-    #: pairs per core, ~7 ms at 128 tokens on 2 Zen 4 cores, so a mispredicted batch
-    #: overshoots the budget by a few ms, not tens).
+    #: Pairs per reranker call for a batched reranker (a device provider): smaller batches
+    #: follow the deadline more closely. A row-wise (CPU) reranker runs pair by pair, each
+    #: started only if predicted to end in time, and does not use it.
     rerank_batch_size: int = field(
-        default_factory=lambda: _env_int("TWOSTAGE_RERANK_BATCH_SIZE", 4)
+        default_factory=lambda: _env_int("TWOSTAGE_RERANK_BATCH_SIZE", 16)
     )
     #: HNSW search width (None: the index's own ef_search).
     ef_search: int | None = None
