@@ -16,7 +16,8 @@ the head differs: ours mean-pools the last layer, Hugging Face's pools [CLS] thr
 its latency is reported.
 
 The three are timed per query in turn (the order rotates), single-process, each with the
-machine's cores::
+machine's cores. sentence-transformers is a peer, never a dependency: ``pip install
+sentence-transformers`` (it pulls PyTorch) into the venv first, or pass ``--no-st``::
 
     python benches/target.py --out target.json        # BENCHMARKS.md, "The target"
     python benches/target.py --queries 30 --no-st      # a quick look, twostage only

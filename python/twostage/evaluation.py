@@ -509,7 +509,7 @@ def _evaluate_one(
     configs: list[Config] = []
     rankings: dict[str, Ranking] = {}
     seconds: dict[str, float] = {}
-    base = engine_cls(col, config=EngineConfig(**cfg_kw, score_cache_size=0))
+    base = engine_cls(col, reranker=None, config=EngineConfig(**cfg_kw, score_cache_size=0))
     for fs in first_stages:
         ranking, took = first_stage_ranking(base, ds.queries, fs)
         rankings[fs] = ranking
