@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from twostage import Engine, EngineConfig, rrf
 from twostage.evaluation import Dataset, collection_for, paired_test, per_query
-from twostage.fusion import bm25_signal, fit_weights, fuse_signals, rank_signal
+from twostage.fusion import first_stage_signals, fit_weights, fuse_signals
 from twostage.reranker import Reranker
 from twostage.train.data import SHARED
 from twostage.train.evaluate import ndcg_at_k
@@ -117,12 +117,8 @@ def collect(a: argparse.Namespace) -> None:
 
 
 def signals(q: dict[str, Any], keys: list[int], ranks: list[int]) -> dict[str, np.ndarray]:
-    """The first-stage signals of ``keys`` as the engine computes them (``Engine._signals``)."""
-    return {
-        "dense": np.asarray([q["dense"][k] for k in keys]),
-        "bm25": bm25_signal(keys, q["bm25"]),
-        "rank": rank_signal(ranks),
-    }
+    """The first-stage signals of ``keys``, built as the engine builds them."""
+    return first_stage_signals(keys, [q["dense"][k] for k in keys], q["bm25"], ranks)
 
 
 def ranking(

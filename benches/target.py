@@ -31,13 +31,12 @@ load: latency must stay bounded, fewer pairs get scored.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
+import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -203,68 +202,55 @@ def main() -> None:
             systems[f"st-{dtype}"] = STPipeline(corpus, ce_dir, dtype, d.depth, rr.max_length)
 
     lat: dict[str, list[float]] = {s: [] for s in systems}
-    scored: list[int] = []
-    degraded = 0
-    ranking: dict[str, list[str]] = {}
-    warm = [ds.queries[q] + " (warm-up)" for q in qids[: a.warmup]]
-    for text in warm:
+    responses: dict[str, Any] = {}  # qid -> twostage's SearchResponse
+    lock = threading.Lock()
+
+    def ours(qid: str) -> None:
+        t = time.perf_counter()
+        resp = engine.search(ds.queries[qid])
+        ms = (time.perf_counter() - t) * 1000
+        with lock:
+            lat["twostage"].append(ms)
+            responses[qid] = resp
+
+    for text in (ds.queries[q] + " (warm-up)" for q in qids[: a.warmup]):
         engine.search(text)
         for s in systems.values():
             if s is not None:
                 s.search(text)
-    if a.clients > 1:
-        import threading
-
-        lock = threading.Lock()
-
-        def client(c: int) -> None:
-            for qid in qids[c :: a.clients]:
-                t = time.perf_counter()
-                resp = engine.search(ds.queries[qid])
-                ms = (time.perf_counter() - t) * 1000
-                with lock:
-                    lat["twostage"].append(ms)
-                    scored.append(resp.scored)
-                    ranking[qid] = [h.id for h in resp.hits]
-                    nonlocal_degraded.append(resp.degraded)
-
-        nonlocal_degraded: list[bool] = []
-        threads = [threading.Thread(target=client, args=(c,)) for c in range(a.clients)]
+    if a.clients > 1:  # twostage alone, `clients` threads searching at once
+        threads = [
+            threading.Thread(target=lambda c=c: [ours(q) for q in qids[c :: a.clients]])
+            for c in range(a.clients)
+        ]
         for th in threads:
             th.start()
         for th in threads:
             th.join()
-        degraded = sum(nonlocal_degraded)
-        qids_run: list[str] = []
     else:
-        qids_run = qids
-    for n, qid in enumerate(qids_run):
-        text = ds.queries[qid]
-        names = list(systems)
-        names = names[n % len(names) :] + names[: n % len(names)]  # rotate who goes first
-        for name in names:
-            s = systems[name]
-            t = time.perf_counter()
-            if s is None:
-                resp = engine.search(text)
-                lat[name].append((time.perf_counter() - t) * 1000)
-                scored.append(resp.scored)
-                degraded += resp.degraded
-                ranking[qid] = [h.id for h in resp.hits]
-            else:
-                s.search(text)
-                lat[name].append((time.perf_counter() - t) * 1000)
-        if (n + 1) % 50 == 0:
-            _log(f"{n + 1}/{len(qids)} queries")
+        for n, qid in enumerate(qids):
+            names = list(systems)
+            names = names[n % len(names) :] + names[: n % len(names)]  # rotate who goes first
+            for name in names:
+                s = systems[name]
+                if s is None:
+                    ours(qid)
+                else:
+                    t = time.perf_counter()
+                    s.search(ds.queries[qid])
+                    lat[name].append((time.perf_counter() - t) * 1000)
+            if (n + 1) % 50 == 0:
+                _log(f"{n + 1}/{len(qids)} queries")
+    ranking = {q: [h.id for h in r.hits] for q, r in responses.items()}
+    scored = [r.scored for r in responses.values()]
+    degraded = sum(r.degraded for r in responses.values())
     ndcg = per_query(ds.qrels, ranking, ("nDCG@10",))["nDCG@10"]
-    ndcg = {q: v for q, v in ndcg.items() if q in set(qids)}
+    asked = set(qids)
+    ndcg = {q: v for q, v in ndcg.items() if q in asked}
     res: dict[str, Any] = {
         "command": "python benches/target.py " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"),
         "machine": machine_info(),
-        "cpu": platform.processor() or _cpu(),
-        "nproc": os.cpu_count(),
-        "defaults": vars(d) if hasattr(d, "__dict__") else str(d),
+        "defaults": dataclasses.asdict(d),
         "reranker": rr.version,
         "max_length": rr.max_length,
         "queries": len(qids),
@@ -287,16 +273,6 @@ def main() -> None:
     print(json.dumps(res, indent=1))
     if a.out:
         a.out.write_text(json.dumps(res, indent=1))
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next(
-            (ln.split(":", 1)[1].strip() for ln in out.splitlines() if "Model name" in ln), ""
-        )
-    except OSError:
-        return ""
 
 
 if __name__ == "__main__":

@@ -207,13 +207,13 @@ class Exploding(Reranker):
 
     def run(self, batch, options=None):  # type: ignore[no-untyped-def]
         Exploding.calls += 1
-        if Exploding.calls > 3:  # the engine's warm-up takes two runs and one row
+        if Exploding.calls > 2:  # the engine's warm-up takes one run and one row
             raise RuntimeError("provider crashed")
         return super().run(batch, options)
 
     def submit(self, ids, type_ids=None, options=None):  # type: ignore[no-untyped-def]
         Exploding.calls += 1
-        if Exploding.calls > 3:
+        if Exploding.calls > 2:
             failed: Future[np.ndarray] = Future()
             failed.set_exception(RuntimeError("provider crashed"))
             return failed

@@ -128,6 +128,8 @@ def _unfuse_skip_layernorm(path: Path) -> bytes | None:
     nodes = list(model.graph.node)
     if not any(n.op_type == "SkipLayerNormalization" for n in nodes):
         return None
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 17 for o in model.opset_import):
+        return None  # LayerNormalization is opset 17
     out = []
     for n in nodes:
         if n.op_type != "SkipLayerNormalization":
@@ -158,8 +160,6 @@ def _unfuse_skip_layernorm(path: Path) -> bytes | None:
         )
     del model.graph.node[:]
     model.graph.node.extend(out)
-    if not any(o.domain in ("", "ai.onnx") and o.version >= 17 for o in model.opset_import):
-        return None  # LayerNormalization is opset 17
     data: bytes = model.SerializeToString()
     return data
 
@@ -353,21 +353,23 @@ class OnnxModel:
         # 445 ms for 2-thread batches of 16 (AMD Zen 4, BENCHMARKS.md §10).
         lengths = batch.attention_mask.sum(axis=1).tolist()
         feeds_all = batch.feeds(self._inputs)
-
-        def one(i: int) -> np.ndarray:
-            n = max(int(lengths[i]), 1)
-            feeds = {k: v[i : i + 1, :n] for k, v in feeds_all.items()}
-            row: np.ndarray = self._session.run([self._output], feeds, options)[0]
-            return row
-
-        rows = range(len(lengths))
-        if len(lengths) == 1 or self._workers == 1:
-            parts = [one(i) for i in rows]
-        else:
-            parts = list(self._pool.map(one, rows))
-        if not parts:
+        rows = [
+            {k: v[i : i + 1, : max(int(n), 1)] for k, v in feeds_all.items()}
+            for i, n in enumerate(lengths)
+        ]
+        if not rows:
             return np.zeros((0, 1), dtype=np.float32)
+        if len(rows) == 1 or self._workers == 1:
+            parts = [self._run_row(r, options) for r in rows]
+        else:
+            parts = [
+                f.result() for f in [self._pool.submit(self._run_row, r, options) for r in rows]
+            ]
         return np.concatenate(parts, axis=0)
+
+    def _run_row(self, feeds: dict[str, np.ndarray], options: ort.RunOptions | None) -> np.ndarray:
+        out: np.ndarray = self._session.run([self._output], feeds, options)[0]
+        return out
 
     def submit(
         self,
@@ -381,12 +383,7 @@ class OnnxModel:
         if not self._workers:
             raise RuntimeError(f"{self._name} does not run row-wise (a device provider)")
         feeds = pad([0], [ids], None if type_ids is None else [type_ids]).feeds(self._inputs)
-
-        def one() -> np.ndarray:
-            out: np.ndarray = self._session.run([self._output], feeds, options)[0]
-            return out
-
-        return self._pool.submit(one)
+        return self._pool.submit(self._run_row, feeds, options)
 
     @property
     def workers(self) -> int:

@@ -49,7 +49,7 @@ from twostage.config import (
 )
 from twostage.encoder import Encoder
 from twostage.errors import EncoderMismatch, InvalidArgument, KeyNotFound
-from twostage.fusion import bm25_signal, fuse_signals, rank_signal
+from twostage.fusion import first_stage_signals, fuse_signals
 from twostage.reranker import Pairs, Reranker
 from twostage.store import StoredDoc
 
@@ -316,20 +316,21 @@ class Engine:
         return generation
 
     def _warm(self, rr: Reranker) -> None:
-        """Score a small real batch twice: loads kernels, and measures cost per token."""
+        """Score a small real batch (loads kernels on every thread), then measure the cost
+        per token the deadline predicts with: a second batch, or for a row-wise model one
+        pair on one thread."""
         q = rr.tokenize_query("how are the candidates ordered")
         doc = rr.token_ids(["a cross-encoder reads the query and the passage together " * 6])[0]
         pairs = rr.pack(q, [doc] * 8)
         batch = pad(list(range(len(pairs))), pairs.ids, pairs.type_ids)
-        rr.run(batch)
-        t0 = time.perf_counter()
         raw = rr.run(batch)
-        per_token = (time.perf_counter() - t0) / batch.tokens
-        if rr.row_wise:  # the engine predicts one pair on one thread
-            fut = rr.submit(pairs.ids[0], pairs.type_ids[0])
-            t0 = time.perf_counter()
-            fut.result()
+        t0 = time.perf_counter()
+        if rr.row_wise:
+            rr.submit(pairs.ids[0], pairs.type_ids[0]).result()
             per_token = (time.perf_counter() - t0) / len(pairs.ids[0])
+        else:
+            rr.run(batch)
+            per_token = (time.perf_counter() - t0) / batch.tokens
         _ = rr.vocab_fingerprint  # computed once here, not inside a search's budget
         if not np.isfinite(rr.postprocess(raw)).all():
             raise InvalidArgument(
@@ -406,6 +407,14 @@ class Engine:
             raise InvalidArgument(f"budget_ms must be a number >= 0, not {budget!r}")
         if filter is not None and not isinstance(filter, dict):
             raise InvalidArgument(f"filter must be a dict of metadata values, not {filter!r}")
+        if candidates is not None and (
+            isinstance(candidates, bool)
+            or not isinstance(candidates, int)
+            or not 0 <= candidates <= cfg.max_depth
+        ):
+            raise InvalidArgument(
+                f"candidates must be an integer in 0..{cfg.max_depth}, not {candidates!r}"
+            )
         mode = dflt.first_stage if first_stage is None else first_stage
         if mode not in FIRST_STAGES:
             raise InvalidArgument(
@@ -441,14 +450,6 @@ class Engine:
         cheap_w = (rr.fusion_cheap or {}).get(mode) if want_rerank and signal_w and rr else None
         if cheap_w and cheap_w.get("bm25") and self._col.lexical is None:
             cheap_w = {n: v for n, v in cheap_w.items() if n != "bm25"} or None
-        if candidates is not None and (
-            isinstance(candidates, bool)
-            or not isinstance(candidates, int)
-            or not 0 <= candidates <= cfg.max_depth
-        ):
-            raise InvalidArgument(
-                f"candidates must be an integer in 0..{cfg.max_depth}, not {candidates!r}"
-            )
         pool_n = dflt.candidates if candidates is None else candidates
         pool = max(pool_n, depth) if cheap_w else depth
         if cheap_w and cheap_w.get("dense"):
@@ -651,12 +652,12 @@ class Engine:
     ) -> dict[str, np.ndarray]:
         """The first-stage signals (:mod:`twostage.fusion`) of candidates at ``positions``;
         ``rank`` is their rank in ``ranks`` (default: the first stage's)."""
-        sig = {"rank": rank_signal(positions if ranks is None else ranks)}
-        if sims is not None:
-            sig["dense"] = np.asarray(sims, dtype=np.float64)[list(positions)]
-        if bm25 is not None:
-            sig["bm25"] = bm25_signal([docs[p].key for p in positions], bm25)
-        return sig
+        return first_stage_signals(
+            [docs[p].key for p in positions],
+            None if sims is None else np.asarray(sims)[list(positions)],
+            bm25,
+            positions if ranks is None else ranks,
+        )
 
     def _similarities(self, vec: np.ndarray, keys: np.ndarray) -> np.ndarray | None:
         """The dense similarity of lexical candidates, from their stored embeddings."""
@@ -734,16 +735,10 @@ class Engine:
             rows = list(range(start, min(start + bs, len(todo))))
             # Shrink the batch to what the budget is predicted to hold, so a slow machine
             # still scores its best candidates (and keeps measuring the model's real speed).
-            # The cost is per real token: a row-wise reranker computes no padding.
+            width = max(len(pairs.ids[i]) for i in rows)
             now = time.perf_counter()
             left_s = deadline - now - _RESERVE_S
-            fit = 0
-            spent = 0.0
-            for i in rows:
-                spent += per_token * len(pairs.ids[i])
-                if spent > left_s:
-                    break
-                fit += 1
+            fit = int(left_s / (per_token * width)) if per_token > 0 else len(rows)
             if fit < 1 and not scored and now < deadline:
                 fit = 1  # some time left, nothing scored: one pair rather than none
             if fit < 1:
@@ -765,10 +760,9 @@ class Engine:
                 return scored, cached, f"reranker failed: {type(e).__name__}: {e}"
             took = time.perf_counter() - t
             if fixed is None:
-                real = int(batch.attention_mask.sum()) if rr.row_wise else batch.tokens
                 with self._cost_lock:  # moving average: one slow batch does not stall many
-                    prev = self._cost.get(version, took / real)
-                    self._cost[version] = 0.7 * prev + 0.3 * took / real
+                    prev = self._cost.get(version, took / batch.tokens)
+                    self._cost[version] = 0.7 * prev + 0.3 * took / batch.tokens
                     per_token = self._cost[version]
             if not np.isfinite(scores).all():
                 return scored, cached, "reranker returned non-finite scores"
@@ -809,10 +803,11 @@ class Engine:
                     now = time.perf_counter()
                     i = nxt
                     cost = per_token * len(pairs.ids[i])
+                    # Predicted to end late: stop, unless nothing is scored or running yet
+                    # and some time is left (then one pair rather than none).
                     if now + cost > deadline - _RESERVE_S and (
                         scored or inflight or now >= deadline
                     ):
-                        # Some time left and nothing scored yet: one pair, never none.
                         stop = True
                         break
                     fut = rr.submit(pairs.ids[i], pairs.type_ids[i], cancel.options)

@@ -59,6 +59,23 @@ def rank_signal(ranks: Sequence[int] | np.ndarray) -> np.ndarray:
     return -np.log1p(np.asarray(ranks, dtype=np.float64))
 
 
+def first_stage_signals(
+    keys: Sequence[int],
+    dense: Sequence[float] | np.ndarray | None,
+    bm25: Mapping[int, float] | None,
+    ranks: Sequence[int] | np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The first-stage signals of the candidates ``keys``: ``dense`` similarities (aligned
+    with ``keys``), the BM25 list's scores by key, and their ranks; a signal given as None
+    is left out. The engine and the offline fit both build their inputs here."""
+    sig = {"rank": rank_signal(ranks)}
+    if dense is not None:
+        sig["dense"] = np.asarray(dense, dtype=np.float64)
+    if bm25 is not None:
+        sig["bm25"] = bm25_signal(keys, bm25)
+    return sig
+
+
 def fuse_signals(signals: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
     """``sum(w * zscore(signal))`` over the weighted signals (all the same length)."""
     out: np.ndarray | None = None
@@ -145,6 +162,7 @@ def fit_weights(
 __all__ = [
     "SIGNALS",
     "bm25_signal",
+    "first_stage_signals",
     "fit_weights",
     "fuse_signals",
     "rank_signal",

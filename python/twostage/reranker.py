@@ -14,6 +14,7 @@ array([ 3.1, -7.2], dtype=float32)
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -167,24 +168,24 @@ class Reranker(OnnxModel):
         (:func:`twostage.engine.fuse`); ``fusion.mode`` in twostage.json, default linear."""
         return str((self._settings.get("fusion") or {}).get("mode") or "linear")
 
-    @property
+    @functools.cached_property  # read on every search; settings never change
     def fusion_signals(self) -> dict[str, dict[str, float]] | None:
         """Signal weights per first stage (:mod:`twostage.fusion`) when
         :attr:`fusion_rule` is ``"signals"``, else None."""
-        fusion = self._settings.get("fusion") or {}
-        if fusion.get("mode") != "signals":
-            return None
-        return {s: {k: float(v) for k, v in t.items()} for s, t in fusion["weights"].items()}
+        return self._signal_table("weights")
 
-    @property
+    @functools.cached_property
     def fusion_cheap(self) -> dict[str, dict[str, float]] | None:
         """The cascade's cheap weights per first stage (first-stage signals only, no
         reranker): twostage.json ``fusion.cheap`` in ``"signals"`` mode, else None."""
+        return self._signal_table("cheap")
+
+    def _signal_table(self, name: str) -> dict[str, dict[str, float]] | None:
         fusion = self._settings.get("fusion") or {}
-        cheap = fusion.get("cheap") if fusion.get("mode") == "signals" else None
-        if not cheap:
+        table = fusion.get(name) if fusion.get("mode") == "signals" else None
+        if not table:
             return None
-        return {s: {k: float(v) for k, v in t.items()} for s, t in cheap.items()}
+        return {s: {k: float(v) for k, v in t.items()} for s, t in table.items()}
 
     @property
     def defaults(self) -> dict[str, Any]:
