@@ -15,6 +15,7 @@ uninterrupted one, and so ends with the same documents and the same vectors, bit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -304,7 +305,13 @@ class _Bar:
 
 
 def _progress(src: Path, initial: int, show: bool) -> _Bar:
-    return _Bar(count_lines(src) if show else None, initial, show)
+    total = None
+    if show:
+        # A damaged gzip stream: no total, and read_corpus raises its OSError after the
+        # records before the damage (which get indexed), as it would without a bar.
+        with contextlib.suppress(OSError):
+            total = count_lines(src)
+    return _Bar(total, initial, show)
 
 
 @dataclass

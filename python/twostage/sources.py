@@ -150,7 +150,8 @@ def count_lines(path: str | os.PathLike[str]) -> int:
     """Count the lines of a file (gzip or not) without parsing it, for progress and ETA.
 
     A last line without a newline counts. For CSV with multi-line fields this is more
-    than the number of rows; blank lines count too.
+    than the number of rows; blank lines count too. A damaged gzip stream raises
+    ``OSError`` (as ``read_corpus`` does).
 
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
@@ -160,10 +161,15 @@ def count_lines(path: str | os.PathLike[str]) -> int:
     """
     lines = 0
     last = b"\n"
-    with _open_binary(os.fspath(path)) as f:
-        while chunk := f.read(_CHUNK):
-            lines += chunk.count(b"\n")
-            last = chunk
+    path = os.fspath(path)
+    with _open_binary(path) as f:
+        try:
+            while chunk := f.read(_CHUNK):
+                lines += chunk.count(b"\n")
+                last = chunk
+        # As in _lines: a damaged archive is an OSError naming the file, not EOFError.
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise OSError(f"{path}: compressed stream is damaged after line {lines}: {e}") from e
     return lines + (not last.endswith(b"\n"))
 
 
@@ -278,6 +284,10 @@ def _jsonl_record(
     except json.JSONDecodeError as e:
         hint = " (a JSON array? this reader wants one object per line)" if line == "[" else ""
         return Record(number, None, f"invalid JSON: {e.msg} (column {e.colno}){hint}")
+    except RecursionError:
+        return Record(number, None, "invalid JSON: arrays or objects nested too deeply")
+    except ValueError as e:  # an integer over the interpreter's digit limit (4300)
+        return Record(number, None, f"invalid JSON: {e}")
     if not isinstance(obj, dict):
         return Record(number, None, f"expected a JSON object, got {_json_type(obj)}")
 
@@ -311,6 +321,11 @@ def _jsonl_record(
         error = _surrogate_error(name, doc_id if name == key else fields[name])
         if error:
             return Record(number, None, error)
+    if metadata:
+        # Stored, filtered on and served as JSON text: the same UTF-8 rule holds there.
+        bad = next((k for k, v in metadata.items() if _has_surrogate(k, v)), None)
+        if bad is not None:
+            return Record(number, None, f"metadata field {bad!r} contains an unpaired surrogate")
     return _record(number, doc_id, fields[text_field], fields[title_field], metadata or None)
 
 
@@ -348,11 +363,27 @@ def _surrogate_error(name: str, value: str) -> str | None:
     return None
 
 
+def _has_surrogate(*values: object) -> bool:
+    """Whether a string anywhere in these JSON values (keys included) is not valid UTF-8."""
+    stack = list(values)
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _surrogate_error("", v):
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 def _field_with_bad_bytes(raw: bytes) -> str | None:
     """Name the top-level field holding undecodable bytes, for a sharper error message."""
     try:
         obj = json.loads(raw.decode("utf-8", "surrogateescape"))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(obj, dict):
         return None
