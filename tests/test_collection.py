@@ -139,7 +139,10 @@ def test_reopen_without_close_replays_changes(
     col.flush()
     col.add([Document("late", "An entry added after the last snapshot, about zip archives.")])
     col.delete([passages[0].id])
-    # No close: the process "dies" here; the store has both changes, the snapshot has neither.
+    # No close: the process "dies" here (the kernel drops its writer lock); the store has
+    # both changes, the snapshot has neither.
+    assert col._lock is not None
+    col._lock.release()
     again = Collection.open(col.path, encoder)
     assert again.recovery is not None
     assert "replayed 1 upserts and 1 deletes" in again.recovery

@@ -1,18 +1,26 @@
 """A collection: a folder holding documents, their embeddings and the HNSW index over them.
 
 ```
-DIR/manifest.json   format version, encoder identity, index settings, counts, sequence numbers
+DIR/manifest.json   format version, encoder identity, index settings, counts, sequence numbers,
+                    and the store the snapshot came from (its identity, sequence, top key)
 DIR/store.sqlite    the source of truth (twostage.store.DocStore, SQLite WAL)
 DIR/index.tsidx     a snapshot of the index, derived from the store, with the store sequence
                     number it reflects (recorded in the manifest)
 DIR/lexical/        the BM25 index (twostage.lexical, tantivy), also derived from the store;
                     its state.json holds the sequence number it reflects
+DIR/writer.lock     held (flock) by the one process that has the collection open for writing
 ```
 
 Opening a collection loads the snapshot and replays every change after its sequence number.
 A snapshot that is missing or fails its check is rebuilt from the stored embeddings (no
-re-encoding), and :attr:`Collection.recovery` says so. Opening with an encoder other than
-the one that embedded the documents is refused: its vectors would live in another space.
+re-encoding), and :attr:`Collection.recovery` says so; so is one taken from another store, or
+from a later state of this one (a store that went back in time: a lost ``-wal`` file, a
+restored backup). Keys are never reissued: the manifest carries the highest key ever issued
+and the store is moved past it on open. Opening with an encoder other than the one that
+embedded the documents is refused: its vectors would live in another space.
+
+One process writes a collection at a time (:mod:`twostage.lock`); others open it with
+``read_only=True`` and see committed changes through :meth:`Collection.refresh`.
 
 >>> from twostage import Collection, Document
 >>> from twostage.encoder import Encoder
@@ -23,9 +31,11 @@ the one that embedded the documents is refused: its vectors would live in anothe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -40,6 +50,7 @@ from twostage.document import Document
 from twostage.encoder import Encoder
 from twostage.errors import CorruptIndex, CorruptStore, EncoderMismatch, InvalidArgument
 from twostage.lexical import LexicalIndex
+from twostage.lock import WriterLock
 from twostage.store import DocStore, EmbeddingDtype, StoredDoc
 
 log = logging.getLogger("twostage")
@@ -78,6 +89,8 @@ class Collection:
         index_seq: int,
         recovery: str | None,
         lexical: LexicalIndex | None = None,
+        lock: WriterLock | None = None,
+        applied: int | None = None,
     ) -> None:
         """Internal: use :meth:`create` or :meth:`open`."""
         self._path = path
@@ -86,7 +99,11 @@ class Collection:
         self._store = store
         self._index = index
         self._index_seq = index_seq
+        # The store sequence the live index reflects: what a snapshot may claim. Only this
+        # process's own writes (or a replay) move it.
+        self._applied = index_seq if applied is None else applied
         self._lexical = lexical
+        self._lock = lock
         self._write_lock = threading.RLock()
         self._closed = False
         self.recovery = recovery
@@ -108,8 +125,12 @@ class Collection:
         embedding_dtype: EmbeddingDtype | None = None,
         threads: int | None = None,
         lexical: bool = True,
+        meta: dict[str, str] | None = None,
     ) -> Collection:
         """A new, empty collection in folder ``path`` (created; must not hold one already).
+
+        ``meta`` goes into the store with its schema (what a build records about its source),
+        so a creation killed at any point leaves either no collection or one that has it.
 
         ``lexical=False`` leaves out the BM25 index (``first_stage="bm25"`` and ``"hybrid"``
         then raise); it costs about as much disk as the text and ~10 ms per write batch.
@@ -120,7 +141,7 @@ class Collection:
         >>> col = Collection.create("docs/", Encoder.load("minilm-l6"))  # doctest: +SKIP
         """
         folder = Path(path)
-        if (folder / MANIFEST).exists() or (folder / STORE).exists():
+        if (folder / MANIFEST).exists():
             raise FileExistsError(f"{folder} already holds a collection; open it instead")
         if metric == "cos" and not encoder.normalize:
             log.info("encoder output is not normalised; the cos index normalises on add")
@@ -136,7 +157,19 @@ class Collection:
             threads=threads,
         )
         folder.mkdir(parents=True, exist_ok=True)
-        store = DocStore.create(folder / STORE, dim=encoder.dim, embedding_dtype=emb_dtype)
+        lock = WriterLock.acquire(folder)
+        try:
+            # The manifest is written last: a folder with a store and no manifest is a
+            # creation that was killed, with nothing in it yet. Start it over.
+            if (folder / MANIFEST).exists():
+                raise FileExistsError(f"{folder} already holds a collection; open it instead")
+            _remove_unfinished(folder)
+            store = DocStore.create(
+                folder / STORE, dim=encoder.dim, embedding_dtype=emb_dtype, meta=meta
+            )
+        except BaseException:
+            lock.release()
+            raise
         now = _now()
         manifest: dict[str, Any] = {
             "format": FORMAT,
@@ -155,12 +188,18 @@ class Collection:
             "seq": 0,
             "index": {"file": INDEX, "seq": 0},
             "lexical": _lexical_identity() if lexical else False,
+            "store": {"id": store.store_id, "seq": 0, "max_key": 0},
             "created": now,
             "updated": now,
         }
-        lex = LexicalIndex.create(folder / LEXICAL) if lexical else None
-        _write_manifest(folder, manifest)
-        return cls(folder, manifest, encoder, store, index, 0, None, lex)
+        try:
+            lex = LexicalIndex.create(folder / LEXICAL) if lexical else None
+            _write_manifest(folder, manifest)
+        except BaseException:
+            store.close()
+            lock.release()
+            raise
+        return cls(folder, manifest, encoder, store, index, 0, None, lex, lock)
 
     @classmethod
     def open(
@@ -169,12 +208,19 @@ class Collection:
         encoder: Encoder | None = None,
         *,
         threads: int | None = None,
+        read_only: bool = False,
     ) -> Collection:
         """Open the collection in ``path``.
 
         ``encoder`` defaults to the one named in the manifest (loaded from its built-in name
         or folder). An encoder whose fingerprint differs from the manifest's is refused with
         :class:`~twostage.errors.EncoderMismatch`.
+
+        A writable open holds the collection's writer lock until :meth:`close`; another
+        writer raises :class:`~twostage.errors.CollectionLocked` naming the holder.
+        ``read_only=True`` takes no lock and writes nothing, not even a repaired snapshot
+        (repairs then live in memory only); :meth:`refresh` catches it up with what the
+        writer committed since.
 
         >>> col = Collection.open("docs/")  # doctest: +SKIP
         """
@@ -200,16 +246,54 @@ class Collection:
                 got["max_length"],
                 want["max_length"],
             )
-        store = DocStore.open(folder / STORE)
-        index, index_seq, recovery = _open_index(folder, manifest, store, threads)
-        lex, lex_recovery = _open_lexical(folder, manifest, store)
-        if lex_recovery is not None:
-            recovery = lex_recovery if recovery is None else f"{recovery}; {lex_recovery}"
-        col = cls(folder, manifest, encoder, store, index, index_seq, recovery, lex)
-        if recovery is not None:
-            log.warning("%s: %s", folder, recovery)
-            col.flush()
+        lock = None if read_only else WriterLock.acquire(folder)
+        try:
+            store = DocStore.open(folder / STORE, read_only=read_only)
+            try:
+                col = cls._assemble(folder, manifest, encoder, store, threads, lock)
+            except BaseException:
+                store.close()
+                raise
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        if col.recovery is not None:
+            log.warning("%s: %s", folder, col.recovery)
+            if not read_only:
+                col.flush()
         return col
+
+    @classmethod
+    def _assemble(
+        cls,
+        folder: Path,
+        manifest: dict[str, Any],
+        encoder: Encoder,
+        store: DocStore,
+        threads: int | None,
+        lock: WriterLock | None,
+    ) -> Collection:
+        notes: list[str] = []
+        behind = _store_behind(folder, manifest, store)
+        if behind is not None:
+            notes.append(behind)
+        if lock is not None:
+            # Keys are never reissued, even when SQLite's own high-water mark went back.
+            floor = int((manifest.get("store") or {}).get("max_key", 0))
+            if store.raise_key_floor(floor):
+                notes.append(f"store's key counter moved up to {floor} (keys are never reused)")
+        index, index_seq, applied, recovery = _open_index(
+            folder, manifest, store, threads, rebuild=behind is not None
+        )
+        lex, lex_recovery = _open_lexical(
+            folder, manifest, store, rebuild=behind is not None, read_only=lock is None
+        )
+        for r in (recovery, lex_recovery):
+            if r is not None:
+                notes.append(r)
+        recovery = "; ".join(notes) or None
+        return cls(folder, manifest, encoder, store, index, index_seq, recovery, lex, lock, applied)
 
     # ---- properties ----
     @property
@@ -278,6 +362,7 @@ class Collection:
         docs = _check_docs(docs)
         if not docs:
             if meta:
+                self._check_writable()
                 self._store.set_meta(meta)
             return AddResult(0, 0, self._store.seq)
         contents = [d.content for d in docs]
@@ -319,9 +404,10 @@ class Collection:
             vectors = vectors[rows]
             tokens = None if tokens is None else [tokens[i] for i in rows]
         with self._write_lock:
-            self._check_open()
+            self._check_writable()
             res = self._store.upsert(docs, vectors, tokens, meta=meta)
             self._index.add(res.keys, vectors)
+            self._applied = res.seq
             if self._lexical is not None:
                 self._lexical.upsert(res.keys, [d.content for d in docs], seq=res.seq)
         return AddResult(res.inserted, res.updated + repeats, res.seq)
@@ -330,11 +416,13 @@ class Collection:
         """Delete documents by id; returns how many. Unknown ids raise unless ``missing_ok``
         (and then nothing is deleted)."""
         with self._write_lock:
-            self._check_open()
+            self._check_writable()
             keys = self._store.delete(ids, missing_ok=missing_ok)
             self._index.remove(keys, missing_ok=True)
+            seq = self._store.seq  # no other process writes: we hold the writer lock
+            self._applied = seq
             if self._lexical is not None and len(keys):
-                self._lexical.remove(keys, seq=self._store.seq)
+                self._lexical.remove(keys, seq=seq)
         return len(keys)
 
     # ---- reads ----
@@ -367,29 +455,124 @@ class Collection:
 
     # ---- persistence ----
     def flush(self) -> None:
-        """Write an index snapshot and the manifest, so the next open replays nothing."""
+        """Write an index snapshot and the manifest, so the next open replays nothing.
+
+        The snapshot is labelled with the changes its index applied, the store's identity
+        and the highest key the store has issued (a store that later goes back is caught).
+        """
         with self._write_lock:
-            self._check_open()
-            seq = self._store.seq
+            self._check_writable()
+            seq = self._applied
             self._index.save(self._path / INDEX)
             self._index_seq = seq
             self._manifest.update(
                 documents=len(self._store),
                 seq=seq,
                 index={"file": INDEX, "seq": seq},
+                store={
+                    "id": self._store.store_id,
+                    "seq": seq,
+                    "max_key": self._store.max_key(),
+                },
                 updated=_now(),
             )
             _write_manifest(self._path, self._manifest)
 
+    def refresh(self) -> int:
+        """Catch up with changes committed since this index last applied one (another
+        process's writes, for a read-only open); returns how many changes were applied.
+
+        >>> reader = Collection.open("docs/", read_only=True)  # doctest: +SKIP
+        >>> reader.refresh()  # doctest: +SKIP
+        3
+        """
+        with self._write_lock:
+            self._check_open()
+            if self._store.seq == self._applied:
+                return 0
+            start = self._applied
+            n = 0
+            for ch in self._store.changes_since(start):
+                if len(ch.keys):
+                    self._index.add(ch.keys, ch.vectors)
+                if len(ch.deleted):
+                    self._index.remove(ch.deleted, missing_ok=True)
+                n += len(ch.keys) + len(ch.deleted)
+                self._applied = ch.seq
+            if self._lexical is not None:
+                if self._lock is None:
+                    self._lexical.reload()  # the writer keeps it current on disk
+                else:
+                    _catch_up_lexical(self._lexical, self._store, start)
+            return n
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this open may write (it holds the writer lock) or only read."""
+        return self._lock is None
+
     def close(self) -> None:
-        """Snapshot the index if it changed since the last one, then close the store."""
+        """Snapshot the index if it changed since the last one, close the store and drop
+        the writer lock."""
         if self._closed:
             return
         with self._write_lock:
-            if self._store.seq != self._index_seq or self._manifest["documents"] != len(self):
-                self.flush()
-            self._closed = True
-            self._store.close()
+            try:
+                if self._lock is not None and (
+                    self._applied != self._index_seq or self._manifest["documents"] != len(self)
+                ):
+                    self.flush()
+            finally:
+                self._closed = True
+                self._store.close()
+                if self._lock is not None:
+                    self._lock.release()
+
+    def check(self, *, full: bool = True) -> list[str]:
+        """Look for damage and disagreement: the problems found, ``[]`` when all is sound.
+
+        The store's SQLite ``integrity_check`` (``quick_check`` unless ``full``), the index
+        snapshot's checksum, the snapshot against the store it names, every stored key in
+        the live index (and nothing else there), and the BM25 index's count and sequence.
+        ``twostage index check DIR`` runs it.
+
+        >>> Collection.open("docs/", read_only=True).check()  # doctest: +SKIP
+        []
+        """
+        with self._write_lock:
+            self._check_open()
+            problems = [f"{STORE}: {p}" for p in self._store.check(full=full)]
+            if problems:
+                return problems  # nothing else can be trusted to read it
+            path = self._path / self._manifest["index"]["file"]
+            try:
+                Index.read_header(path)
+                if full:
+                    Index.load(path)  # the checksum covers the whole file
+            except FileNotFoundError:
+                problems.append(f"{path.name}: missing (the next writable open rebuilds it)")
+            except (CorruptIndex, OSError) as e:
+                problems.append(f"{path.name}: {e}")
+            behind = _store_behind(self._path, self._manifest, self._store)
+            if behind is not None:
+                problems.append(behind)
+            self.refresh()
+            stored = 0
+            missing: list[int] = []
+            for key in self._store.keys():
+                stored += 1
+                if key not in self._index and len(missing) < 5:
+                    missing.append(key)
+            if missing:
+                problems.append(f"stored keys missing from the index: {missing}")
+            if len(self._index) != stored:
+                problems.append(f"the index holds {len(self._index)} keys, the store {stored}")
+            if self._lexical is not None:
+                if len(self._lexical) != stored:
+                    problems.append(
+                        f"{LEXICAL}/: BM25 holds {len(self._lexical)} documents, the store {stored}"
+                    )
+            return problems
 
     def info(self) -> dict[str, Any]:
         """The manifest with live counts: documents, sequence number, index size and memory."""
@@ -409,6 +592,14 @@ class Collection:
         if self._closed:
             raise InvalidArgument(f"collection {self._path} is closed")
 
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._lock is None:
+            raise InvalidArgument(
+                f"collection {self._path} is open read-only: open it without read_only=True "
+                "(one writer per collection) to change it"
+            )
+
 
 # ---- helpers ------------------------------------------------------------------------------
 
@@ -417,6 +608,14 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     """The manifest of the collection in ``folder``, checked for format and version."""
     path = folder / MANIFEST
     if not path.is_file():
+        if path.is_dir():
+            raise CorruptStore(f"{path} is a directory, not a collection manifest")
+        if (folder / STORE).exists():
+            raise FileNotFoundError(
+                f"{folder} is not a twostage collection yet: its creation was interrupted before "
+                f"{MANIFEST} was written. Run the same `twostage index build` again to start "
+                "it over"
+            )
         raise FileNotFoundError(f"{folder} is not a twostage collection: no {MANIFEST}")
     try:
         m = json.loads(path.read_text())
@@ -432,7 +631,32 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     for key in ("encoder", "dim", "metric", "dtype", "shards", "index", "tokens"):
         if key not in m:
             raise CorruptStore(f"{path}: manifest lacks {key!r}")
+    _check_manifest_values(path, m)
     return m
+
+
+def _check_manifest_values(path: Path, m: dict[str, Any]) -> None:
+    """Numbers must be numbers: a hand-edited or damaged manifest names its bad field."""
+
+    def whole(where: str, value: Any, low: int = 0) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise CorruptStore(f"{path}: {where} must be a whole number >= {low}, not {value!r}")
+
+    whole("dim", m["dim"], 1)
+    whole("shards", m["shards"], 1)
+    for key in ("seq", "documents", "connectivity", "ef_construction", "ef_search"):
+        if key in m:
+            whole(key, m[key])
+    idx = m["index"]
+    if not isinstance(idx, dict) or not isinstance(idx.get("file"), str) or "/" in idx["file"]:
+        raise CorruptStore(f"{path}: index must be {{'file': NAME, 'seq': N}}, not {idx!r}")
+    whole("index.seq", idx.get("seq"))
+    st = m.get("store")
+    if st is not None:
+        if not isinstance(st, dict) or not isinstance(st.get("id"), str):
+            raise CorruptStore(f"{path}: store must be {{'id', 'seq', 'max_key'}}, not {st!r}")
+        whole("store.seq", st.get("seq"))
+        whole("store.max_key", st.get("max_key"))
 
 
 def index_settings(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -441,26 +665,84 @@ def index_settings(manifest: dict[str, Any]) -> dict[str, Any]:
     return {k: manifest[k] for k in keys}
 
 
+def _remove_unfinished(folder: Path) -> None:
+    """Clear what a creation killed before its manifest left (under the writer lock)."""
+    store = folder / STORE
+    if not store.exists():
+        return
+    try:
+        with contextlib.closing(DocStore.open(store, read_only=True)) as s:
+            if len(s):
+                raise FileExistsError(
+                    f"{folder} holds a document store with {len(s)} documents but no "
+                    f"{MANIFEST}: it is not a collection this twostage made; move it away"
+                )
+    except CorruptStore:
+        pass  # a creation killed while SQLite made the file: nothing in it to keep
+    log.warning("%s: clearing an interrupted creation (an empty store, no manifest)", folder)
+    for name in (STORE, STORE + "-wal", STORE + "-shm", INDEX):
+        (folder / name).unlink(missing_ok=True)
+    if (folder / LEXICAL).is_dir():
+        shutil.rmtree(folder / LEXICAL)
+
+
+def _store_behind(folder: Path, manifest: dict[str, Any], store: DocStore) -> str | None:
+    """Why the derived indexes cannot trust the store's sequence numbers, if they can't."""
+    snap = int(manifest["index"]["seq"])
+    rec = manifest.get("store") or {}
+    sid = store.store_id
+    if rec.get("id") and sid and rec["id"] != sid:
+        return (
+            f"{STORE} is not the store the index snapshot was taken from (identity {sid}, "
+            f"the snapshot's {rec['id']}): index and BM25 rebuilt from the store"
+        )
+    if store.seq < snap:
+        return (
+            f"{STORE} is behind its index snapshot (store at change {store.seq}, snapshot at "
+            f"{snap}): its last {snap - store.seq} changes were lost (a deleted "
+            f"{STORE}-wal, or a restored backup); index and BM25 rebuilt from the store"
+        )
+    return None
+
+
 def _open_index(
-    folder: Path, manifest: dict[str, Any], store: DocStore, threads: int | None
-) -> tuple[Index, int, str | None]:
-    """Load the snapshot and replay later changes, or rebuild from the store."""
+    folder: Path,
+    manifest: dict[str, Any],
+    store: DocStore,
+    threads: int | None,
+    *,
+    rebuild: bool = False,
+) -> tuple[Index, int, int, str | None]:
+    """Load the snapshot and replay later changes, or rebuild from the store.
+
+    Returns the index, the snapshot's sequence, the sequence the index now reflects, and
+    why it was rebuilt or caught up (``None`` if the snapshot was current).
+    """
     path = folder / manifest["index"]["file"]
     reason = None
     index = None
-    try:
-        index = Index.load(path, threads=threads)
-        want = (manifest["dim"], manifest["metric"], manifest["dtype"], manifest["shards"])
-        got = (index.dim, index.metric, index.dtype, index.shards)
-        if got != want:
-            reason = (
-                f"index file {path.name} has (dim, metric, dtype, shards) {got}, manifest {want}"
-            )
-            index = None
-    except FileNotFoundError:
-        reason = f"index file {path.name} is missing"
-    except CorruptIndex as e:
-        reason = f"index file {path.name} failed its check ({e})"
+    if path.is_dir():
+        raise CorruptIndex(
+            f"{path} is a directory, not an index file: remove it (the next open rebuilds the "
+            "index from the store)"
+        )
+    if not rebuild:
+        try:
+            index = Index.load(path, threads=threads)
+            want = (manifest["dim"], manifest["metric"], manifest["dtype"], manifest["shards"])
+            got = (index.dim, index.metric, index.dtype, index.shards)
+            if got != want:
+                reason = (
+                    f"index file {path.name} has (dim, metric, dtype, shards) {got}, "
+                    f"manifest {want}"
+                )
+                index = None
+        except FileNotFoundError:
+            reason = f"index file {path.name} is missing"
+        except CorruptIndex as e:
+            reason = f"index file {path.name} failed its check ({e})"
+        except OSError as e:
+            reason = f"index file {path.name} is unreadable ({e.strerror or e})"
     if index is None:
         index = Index(manifest["dim"], **index_settings(manifest), threads=threads)
         seq = 0
@@ -468,21 +750,25 @@ def _open_index(
         seq = int(manifest["index"]["seq"])
     t0 = time.perf_counter()
     upserts = deletes = 0
+    applied = seq
     for ch in store.changes_since(seq):
         if len(ch.keys):
             index.add(ch.keys, ch.vectors)
             upserts += len(ch.keys)
         if len(ch.deleted):
             deletes += index.remove(ch.deleted, missing_ok=True)
+        applied = ch.seq
     took = time.perf_counter() - t0
-    if reason is not None:
+    if rebuild:
+        reason = f"index rebuilt from {upserts} stored embeddings in {took:.1f} s"
+    elif reason is not None:
         reason += f"; rebuilt from {upserts} stored embeddings in {took:.1f} s (no re-encoding)"
     elif upserts or deletes:
         reason = (
             f"index snapshot was at change {seq}; replayed {upserts} upserts and {deletes} "
             f"deletes from the store in {took:.1f} s"
         )
-    return index, seq, reason
+    return index, seq, applied, reason
 
 
 def _lexical_identity() -> dict[str, Any]:
@@ -492,11 +778,17 @@ def _lexical_identity() -> dict[str, Any]:
 
 
 def _open_lexical(
-    folder: Path, manifest: dict[str, Any], store: DocStore
+    folder: Path,
+    manifest: dict[str, Any],
+    store: DocStore,
+    *,
+    rebuild: bool = False,
+    read_only: bool = False,
 ) -> tuple[LexicalIndex | None, str | None]:
     """Open the BM25 index and replay later changes; rebuild it if missing or damaged.
 
-    A manifest from before lexical indexes existed gets one built (and recorded).
+    A manifest from before lexical indexes existed gets one built (and recorded). Read-only,
+    nothing on disk changes: a BM25 index that needs a rebuild is built in memory.
     """
     spec = manifest.get("lexical")
     if spec is False:
@@ -506,18 +798,44 @@ def _open_lexical(
     lex = None
     if spec is None:
         reason = "this collection predates lexical indexes: BM25 index built"
-        manifest["lexical"] = _lexical_identity()
-    else:
+        if not read_only:
+            manifest["lexical"] = _lexical_identity()
+    elif not rebuild:
         try:
             lex = LexicalIndex.open(path)
         except CorruptIndex as e:
             reason = f"lexical index rebuilt ({e})"
+        if lex is not None and lex.seq > store.seq:
+            reason = (
+                f"lexical index was at change {lex.seq}, beyond the store's {store.seq}: rebuilt"
+            )
+            lex = None
+    if read_only and lex is not None:
+        if lex.seq < store.seq:
+            return lex, f"lexical index is at change {lex.seq}, the store at {store.seq}"
+        return lex, None
     if lex is None:
-        lex = LexicalIndex.create(path)
+        lex = LexicalIndex.in_memory() if read_only else LexicalIndex.create(path)
+        if rebuild:
+            reason = "lexical index rebuilt"
     start = lex.seq
     if start >= store.seq and reason is None:
         return lex, None
     t0 = time.perf_counter()
+    upserts, deletes = _catch_up_lexical(lex, store, start)
+    took = time.perf_counter() - t0
+    if reason is None:
+        reason = f"lexical index was at change {start}; replayed {upserts} upserts"
+        reason += f" and {deletes} deletes from the store in {took:.1f} s"
+    else:
+        reason += f" from {upserts} stored documents in {took:.1f} s"
+    if read_only:
+        reason += " (in memory: read-only)"
+    return lex, reason
+
+
+def _catch_up_lexical(lex: LexicalIndex, store: DocStore, start: int) -> tuple[int, int]:
+    """Replay the store's changes after ``start`` into ``lex``: (upserts, deletes)."""
     upserts = deletes = 0
     for ch in store.changes_since(start):
         if len(ch.keys):
@@ -528,14 +846,8 @@ def _open_lexical(
         if len(ch.deleted):
             lex.remove(ch.deleted, seq=ch.seq)
             deletes += len(ch.deleted)
-    lex.remove([], seq=store.seq)  # records the sequence even when nothing was replayed
-    took = time.perf_counter() - t0
-    if reason is None:
-        reason = f"lexical index was at change {start}; replayed {upserts} upserts"
-        reason += f" and {deletes} deletes from the store in {took:.1f} s"
-    else:
-        reason += f" from {upserts} stored documents in {took:.1f} s"
-    return lex, reason
+        lex.remove([], seq=ch.seq)  # records the sequence even when nothing was replayed
+    return upserts, deletes
 
 
 def _encoder_identity(encoder: Encoder) -> dict[str, Any]:

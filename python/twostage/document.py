@@ -17,6 +17,56 @@ MAX_ID_BYTES = 512
 MAX_TEXT_CHARS = 1_000_000  # one document; a reranker reads the first few hundred tokens
 
 
+def check_unicode(value: str, what: str) -> None:
+    """Refuse a string that is not valid Unicode text: a lone surrogate (``"\\ud800"``, what
+    JSON's ``\\uD800`` escape or undecodable bytes under ``surrogateescape`` give) cannot be
+    written as UTF-8, so it would be stored and then fail every read that returns it.
+
+    >>> check_unicode("caf\\u00e9", "text")
+    >>> check_unicode("bad \\ud800", "text")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    twostage.errors.InvalidArgument: text holds a lone surrogate (U+D800) at character 4: ...
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        cp = ord(value[e.start])
+        # Python decodes command-line and file bytes that are not UTF-8 to U+DC80..U+DCFF.
+        why = (
+            f"; it stands for byte 0x{cp - 0xDC00:02X}: the input is not UTF-8"
+            if (0xDC80 <= cp <= 0xDCFF)
+            else ""
+        )
+        raise InvalidArgument(
+            f"{what} holds a lone surrogate (U+{cp:04X}) at character {e.start}: not valid "
+            f"Unicode text{why}"
+        ) from None
+
+
+def check_json_unicode(value: Any, what: str) -> None:
+    """:func:`check_unicode` over every key and string inside a JSON-like value."""
+    if isinstance(value, str):
+        check_unicode(value, what)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str):
+                check_unicode(k, f"{what} key {k.encode('utf-8', 'backslashreplace').decode()!r}")
+            check_json_unicode(v, f"{what}[{k!r}]" if _printable(k) else what)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_json_unicode(v, f"{what}[{i}]")
+
+
+def _printable(k: object) -> bool:
+    if not isinstance(k, str):
+        return True
+    try:
+        k.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Document:
     """A document: ``id`` (non-empty string, unique in a collection), ``text``, ``title``.
@@ -33,12 +83,15 @@ class Document:
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
             raise InvalidArgument(f"document id must be a non-empty string, got {self.id!r}")
+        check_unicode(self.id, "document id")
         if len(self.id.encode()) > MAX_ID_BYTES:
             raise InvalidArgument(f"document id {self.id[:40]!r}... is over {MAX_ID_BYTES} bytes")
         if not isinstance(self.text, str):
             raise InvalidArgument(f"document {self.id!r}: text is {type(self.text).__name__}")
         if not isinstance(self.title, str):
             raise InvalidArgument(f"document {self.id!r}: title is {type(self.title).__name__}")
+        check_unicode(self.text, f"document {self.id!r}: text")
+        check_unicode(self.title, f"document {self.id!r}: title")
         if not (self.text.strip() or self.title.strip()):
             raise InvalidArgument(f"document {self.id!r}: text and title are both empty")
         if len(self.text) > MAX_TEXT_CHARS:
@@ -48,6 +101,7 @@ class Document:
         if self.metadata is not None:
             if not isinstance(self.metadata, dict):
                 raise InvalidArgument(f"document {self.id!r}: metadata must be a dict")
+            check_json_unicode(self.metadata, f"document {self.id!r}: metadata")
             try:
                 json.dumps(self.metadata, allow_nan=False)
             except (TypeError, ValueError) as e:
@@ -61,4 +115,4 @@ class Document:
         return self.title or self.text
 
 
-__all__ = ["MAX_ID_BYTES", "MAX_TEXT_CHARS", "Document"]
+__all__ = ["MAX_ID_BYTES", "MAX_TEXT_CHARS", "Document", "check_json_unicode", "check_unicode"]

@@ -47,6 +47,7 @@ from twostage.config import (
     EngineConfig,
     fusion_problem,
 )
+from twostage.document import check_json_unicode, check_unicode
 from twostage.encoder import Encoder
 from twostage.errors import EncoderMismatch, InvalidArgument, KeyNotFound
 from twostage.fusion import first_stage_signals, fuse_signals
@@ -247,9 +248,15 @@ class Engine:
         scorer: optional :class:`PairScorer` that runs the reranker's batches instead of the
             searching thread (a server shares one across requests); ``None``: run them here.
 
+    Over a collection opened ``read_only=True``, searches follow the process that writes it:
+    at most every :attr:`REFRESH_S` seconds a search first applies what it committed since.
+
     >>> resp = engine.search("query", k=10, depth=50, budget_ms=120)  # doctest: +SKIP
     >>> resp.timings.total, resp.degraded  # doctest: +SKIP
     """
+
+    #: How stale a read-only collection's index may get (one SQLite read per period).
+    REFRESH_S = 0.5
 
     def __init__(
         self,
@@ -286,6 +293,7 @@ class Engine:
         if reranker is not None:
             self._warm(reranker)
         self._slot = Slot(reranker)
+        self._refreshed = time.monotonic()
         self.scorer = scorer
         """Where reranker batches run (``None``: in the searching thread); settable."""
 
@@ -407,6 +415,8 @@ class Engine:
             raise InvalidArgument(f"budget_ms must be a number >= 0, not {budget!r}")
         if filter is not None and not isinstance(filter, dict):
             raise InvalidArgument(f"filter must be a dict of metadata values, not {filter!r}")
+        if filter:
+            check_json_unicode(filter, "filter")
         if candidates is not None and (
             isinstance(candidates, bool)
             or not isinstance(candidates, int)
@@ -425,6 +435,9 @@ class Engine:
                 f"first_stage={mode!r} needs a lexical index; collection {self._col.path} "
                 "was created without one (lexical=False)"
             )
+        if self._col.read_only and time.monotonic() - self._refreshed >= self.REFRESH_S:
+            self._refreshed = time.monotonic()
+            self._col.refresh()
         deadline = t0 + budget / 1000.0
         want_rerank = rerank and depth > 0 and rr is not None
         # The weight and its rule go together: the config's pair, else the model's.
@@ -869,6 +882,7 @@ def _check_query(query: object, limit: int) -> None:
         raise InvalidArgument("query is empty")
     if len(query) > limit:
         raise InvalidArgument(f"query is {len(query)} characters; the limit is {limit}")
+    check_unicode(query, "query")
 
 
 def _similarity(metric: str, distance: float) -> float:

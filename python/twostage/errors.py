@@ -60,6 +60,10 @@ class CorruptStore(TwostageError, OSError):
     """A document store or collection manifest is unreadable, foreign or from another version."""
 
 
+class CollectionLocked(TwostageError, OSError):
+    """Another process has the collection open for writing (one writer per collection)."""
+
+
 class EncoderMismatch(TwostageError, ValueError):
     """A collection was opened with an encoder other than the one that embedded its documents."""
 
@@ -88,6 +92,7 @@ class ProviderUnavailable(ModelError, ValueError):
 
 
 __all__ = [
+    "CollectionLocked",
     "CorruptIndex",
     "CorruptStore",
     "DimensionMismatch",

@@ -632,7 +632,7 @@ def collection_for(
     ident = f"{ds.corpus.resolve()}:{st.st_size}:{st.st_mtime_ns}"
     folder = root / f"{ds.name}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
     ingest.build(ds.corpus, folder, progress=progress)
-    return Collection.open(folder)
+    return Collection.open(folder, read_only=True)
 
 
 def machine_info() -> dict[str, Any]:

@@ -176,9 +176,14 @@ def build(
         report.resumed_from = report.lines
     else:
         encoder = encoder or Encoder.load("minilm-l6")
-        col = Collection.create(folder, encoder, dtype=dtype, shards=shards)
-        col.store.set_meta(
-            {
+        # What the build reads goes in with the store's schema: killed at any point, the
+        # folder holds either no collection or one that knows its source (it resumes).
+        col = Collection.create(
+            folder,
+            encoder,
+            dtype=dtype,
+            shards=shards,
+            meta={
                 "ingest.source": str(src),
                 "ingest.signature": signature,
                 "ingest.options": options,
@@ -187,7 +192,7 @@ def build(
                 "ingest.inserted": "0",
                 "ingest.updated": "0",
                 "ingest.errors": "0",
-            }
+            },
         )
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -373,7 +378,7 @@ def reembed(
             f"fingerprint {encoder.fingerprint}): nothing to re-embed"
         )
     t0 = time.perf_counter()
-    with Collection.open(src_dir) as src:
+    with Collection.open(src_dir, read_only=True) as src:
         if (out_dir / MANIFEST).exists():
             dst = Collection.open(out_dir, encoder)  # refuses a different encoder
         else:

@@ -76,8 +76,8 @@ class LexicalIndex:
     Use :meth:`create` or :meth:`open`.
     """
 
-    def __init__(self, path: Path, index: tantivy.Index, seq: int) -> None:
-        """Internal: use :meth:`create` or :meth:`open`."""
+    def __init__(self, path: Path | None, index: tantivy.Index, seq: int) -> None:
+        """Internal: use :meth:`create`, :meth:`open` or :meth:`in_memory`."""
         self._path = path
         self._index = index
         self._seq = seq
@@ -94,6 +94,23 @@ class LexicalIndex:
         lex = cls(folder, index, 0)
         lex._write_state()
         return lex
+
+    @classmethod
+    def in_memory(cls) -> LexicalIndex:
+        """A new, empty index in RAM (a read-only collection rebuilding a damaged one)."""
+        return cls(None, tantivy.Index(_schema()), 0)
+
+    def reload(self) -> None:
+        """See what another process committed to this folder since (its state too)."""
+        if self._path is None:
+            return
+        with self._lock:
+            self._index.reload()
+            try:
+                state = json.loads((self._path / STATE).read_text())
+                self._seq = max(self._seq, int(state["seq"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # a state file being replaced: the next reload reads it
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> LexicalIndex:
@@ -125,8 +142,8 @@ class LexicalIndex:
         return self._seq
 
     @property
-    def path(self) -> Path:
-        """The index folder."""
+    def path(self) -> Path | None:
+        """The index folder (``None`` for one in memory)."""
         return self._path
 
     def __len__(self) -> int:
@@ -187,6 +204,8 @@ class LexicalIndex:
                 time.sleep(0.05)
 
     def _write_state(self) -> None:
+        if self._path is None:
+            return
         tmp = self._path / (STATE + ".tmp")
         tmp.write_text(json.dumps({"version": FORMAT_VERSION, "seq": self._seq}))
         os.replace(tmp, self._path / STATE)
