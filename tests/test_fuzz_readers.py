@@ -8,6 +8,7 @@ kept below as regressions.
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,4 +107,5 @@ def test_atheris_harness_runs(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
-    assert "stat::number_of_executed_units: 1500" in out, out[-3000:]
+    runs = re.search(r"stat::number_of_executed_units: (\d+)", out)
+    assert runs and int(runs.group(1)) >= 1500, out[-3000:]
