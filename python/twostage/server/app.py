@@ -27,6 +27,13 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
 ``GET /``                   open     the search page
 ==========================  =======  ================================================
 
+Overload: searches and writes pass a bounded admission count (``max_pending_searches``,
+``max_pending_writes``); over it, or when a queued search's deadline passes before a thread
+takes it, the answer is 503 ``overloaded`` with ``Retry-After``, counted in
+``twostage_shed_total``. Without the token a search may not ask for more depth or budget than
+``max_anonymous_depth`` / ``max_anonymous_budget_ms`` (422 ``depth_over_limit``,
+``budget_over_limit``, naming the cap).
+
 >>> from twostage.server import ServerSettings, create_app
 >>> app = create_app(ServerSettings(collection="docs/", token="s3cret-token"))
 >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
@@ -40,9 +47,10 @@ import dataclasses
 import functools
 import logging
 import math
+import re
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -52,7 +60,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from twostage import __version__
@@ -62,11 +78,11 @@ from twostage.document import Document
 from twostage.engine import Engine, SearchResponse
 from twostage.reranker import Reranker
 from twostage.server.batching import Batcher
-from twostage.server.errors import STATUS_CODES, ApiError, BodyTooLarge, from_library
+from twostage.server.errors import STATUS_CODES, ApiError, BodyTooLarge, Overloaded, from_library
 from twostage.server.experiments import Experiments, ExperimentStore, ModelSpec
 from twostage.server.metrics import CONTENT_TYPE, Metrics
 from twostage.server.models import ModelRegistry
-from twostage.server.security import require_token
+from twostage.server.security import bearer_ok, require_token
 from twostage.server.settings import Precision, ServerSettings
 
 log = logging.getLogger("twostage.server")
@@ -82,17 +98,54 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # ---- the HTTP edge: request and response bodies ------------------------------------------
 
+# A UTF-16 surrogate alone: JSON's "\ud800" escape decodes to one, but it is not text (it
+# cannot be encoded as UTF-8, so it would fail later, in the store, the index or an answer).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_MSG = "holds a lone surrogate (U+D800..U+DFFF): not valid Unicode text"
+
+
+def _text(value: Any) -> Any:
+    # Before pydantic's own check, whose message for this case ("unable to parse raw data as
+    # a unicode string") does not say what is wrong; non-strings are left to it.
+    if isinstance(value, str) and _SURROGATE.search(value):
+        raise ValueError(_SURROGATE_MSG)
+    return value
+
+
+def _json_text(value: Any, where: str = "") -> Any:
+    """``value`` unchanged if no key or string in it holds a lone surrogate (the message
+    names where: ``['a'][0]``)."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            raise ValueError(f"{where or 'the value'} {_SURROGATE_MSG}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and _SURROGATE.search(key):
+                raise ValueError(f"a key in {where or 'the object'} {_SURROGATE_MSG}")
+            _json_text(item, f"{where}[{key!r}]")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _json_text(item, f"{where}[{i}]")
+    return value
+
+
+#: Request strings: refused (422, naming the field) when they hold a lone surrogate.
+Text = Annotated[str, BeforeValidator(_text)]
+JsonObject = Annotated[dict[str, Any], BeforeValidator(_json_text)]
+# Request numbers are StrictInt / StrictFloat / StrictBool: JSON true is not 1 (pydantic's
+# lax mode reads it as one), "5" is not 5; an integer is still a valid float.
+
 
 class SearchIn(BaseModel):
     """A search request."""
 
     model_config = ConfigDict(extra="forbid")
-    query: str = Field(description="The question", examples=["how do I read a gzip file"])
-    k: int | None = Field(None, description="Hits to return (default: the server's k)")
-    depth: int | None = Field(None, description="Candidates the reranker may score; 0: none")
-    budget_ms: float | None = Field(None, description="The deadline for the whole search")
-    rerank: bool = Field(True, description="False: the first stage alone")
-    filter: dict[str, Any] | None = Field(
+    query: Text = Field(description="The question", examples=["how do I read a gzip file"])
+    k: StrictInt | None = Field(None, description="Hits to return (default: the server's k)")
+    depth: StrictInt | None = Field(None, description="Candidates the reranker may score; 0: none")
+    budget_ms: StrictFloat | None = Field(None, description="The deadline for the whole search")
+    rerank: StrictBool = Field(True, description="False: the first stage alone")
+    filter: JsonObject | None = Field(
         None, description="Metadata equality; a list value matches any of its items"
     )
     first_stage: Literal["dense", "bm25", "hybrid"] | None = Field(
@@ -157,10 +210,10 @@ class SearchOut(BaseModel):
 
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=512)
-    text: str = ""
-    title: str = ""
-    metadata: dict[str, Any] | None = None
+    id: Text = Field(min_length=1, max_length=512)
+    text: Text = ""
+    title: Text = ""
+    metadata: JsonObject | None = None
 
 
 class DocumentsIn(BaseModel):
@@ -174,8 +227,8 @@ class ModelUpdateIn(BaseModel):
     """Exactly one of ``path`` (a folder under a model root) or ``name`` (a built-in)."""
 
     model_config = ConfigDict(extra="forbid")
-    path: str | None = Field(None, examples=["ce-v2"])
-    name: str | None = Field(None, examples=["twostage-rerank"])
+    path: Text | None = Field(None, examples=["ce-v2"])
+    name: Text | None = Field(None, examples=["twostage-rerank"])
     precision: Precision | None = None
 
 
@@ -183,22 +236,24 @@ class ExperimentIn(BaseModel):
     """An interleaving experiment: the control is team A, the candidate team B."""
 
     model_config = ConfigDict(extra="forbid")
-    id: str | None = Field(None, description="default: exp-<random hex>", examples=["ce2-vs-live"])
+    id: Text | None = Field(None, description="default: exp-<random hex>", examples=["ce2-vs-live"])
     candidate: ModelUpdateIn = Field(description="the model to try, as PUT /models/reranker")
     control: Literal["live"] | ModelUpdateIn = Field(
         "live", description='"live": the serving reranker (whatever it is when a search runs)'
     )
-    share: float = Field(description="the share of searches drawn into it, 0..1", examples=[0.1])
-    method: str = Field("team_draft", description="team_draft or balanced")
-    seed: int | None = Field(None, description="seeds the draws and the interleavings")
+    share: StrictFloat = Field(
+        description="the share of searches drawn into it, 0..1", examples=[0.1]
+    )
+    method: Text = Field("team_draft", description="team_draft or balanced")
+    seed: StrictInt | None = Field(None, description="seeds the draws and the interleavings")
 
 
 class FeedbackIn(BaseModel):
     """The clicks on one interleaved answer, sent once per impression."""
 
     model_config = ConfigDict(extra="forbid")
-    impression_id: str = Field(min_length=1, max_length=128)
-    clicks: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
+    impression_id: Text = Field(min_length=1, max_length=128)
+    clicks: list[Annotated[Text, Field(min_length=1, max_length=512)]] = Field(
         max_length=1000,
         description="the ids of the documents clicked, each once, in the order first clicked",
         examples=[["topic:gzip", "module:zlib"]],
@@ -247,6 +302,8 @@ class Service:
         self.search_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="ts-search")
         self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="ts-write")
         self.admin_pool = ThreadPoolExecutor(1, thread_name_prefix="ts-admin")
+        self.searches = Admission("search", "searches", settings.search_limit, settings, metrics)
+        self.writes = Admission("write", "writes", settings.max_pending_writes, settings, metrics)
         self.started = time.time()
 
     def load(self) -> None:
@@ -284,6 +341,8 @@ class Service:
             # The operator's model passes the same golden-set check (the floor only warns).
             figures = self.registry.validate(rr, enforce_floor=False)
             self.registry.adopt(rr, spec, s.reranker_precision, load_ms, figures)
+        # The model a swap chose before a restart, checked as any swap; never fails the start.
+        self.registry.restore()
         self.experiments = Experiments(
             ExperimentStore(s.experiments_path),
             self.engine,
@@ -356,6 +415,57 @@ class Service:
             if err.status >= 500:
                 log.exception("internal error in %s", getattr(fn, "__name__", fn))
             raise err from e
+
+
+class Admission:
+    """A bound on the requests of one kind waiting for or holding its threads.
+
+    Over the bound a request is refused at once (503 ``overloaded``, ``Retry-After``) rather
+    than queued behind work it cannot overtake: the pools' own queues are unbounded, and a
+    burst there only makes every answer late. Only the event loop calls :meth:`admit`, so a
+    plain counter is enough.
+    """
+
+    def __init__(
+        self, kind: str, plural: str, limit: int, settings: ServerSettings, metrics: Metrics
+    ) -> None:
+        self.kind = kind
+        self._plural = plural
+        self.limit = limit
+        self.pending = 0
+        self._retry = settings.retry_after_s
+        self._metrics = metrics
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one place while the request runs; counts what is shed inside it too."""
+        if self.pending >= self.limit:
+            self._metrics.shed.labels(kind=self.kind, reason="queue_full").inc()
+            raise Overloaded(
+                f"the server is at its bound of {self.limit} {self._plural} waiting or "
+                f"running; retry after {self._retry} s",
+                reason="queue_full",
+                retry_after_s=self._retry,
+            )
+        self.pending += 1
+        self._metrics.pending.labels(kind=self.kind).set(self.pending)
+        try:
+            yield
+        except Overloaded as e:
+            self._metrics.shed.labels(kind=self.kind, reason=e.reason).inc()
+            raise
+        finally:
+            self.pending -= 1
+            self._metrics.pending.labels(kind=self.kind).set(self.pending)
+
+    def late(self, waited_ms: float, budget_ms: float) -> Overloaded:
+        """The refusal of a search whose deadline passed while it waited for a thread."""
+        return Overloaded(
+            f"the search waited {waited_ms:.0f} ms for a thread, past its {budget_ms:g} ms "
+            f"budget: refused rather than answered late; retry after {self._retry} s",
+            reason="deadline",
+            retry_after_s=self._retry,
+        )
 
 
 # ---- middleware: body limit, metrics, headers ----------------------------------------------
@@ -534,6 +644,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = STATUS_CODES.get(exc.status_code, "error")
         msg = str(exc.detail)
+        if exc.status_code == 400:
+            # FastAPI's only 400: a body it could not decode (not UTF-8): malformed JSON, as a
+            # body that is UTF-8 but not JSON is.
+            return _error_response(
+                ApiError(422, "invalid_json", "the request body is not valid JSON (UTF-8)")
+            )
         if exc.status_code == 404:
             msg = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
         elif exc.status_code == 405:
@@ -576,19 +692,36 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.post(
         "/search", response_model=SearchOut, tags=["search"], dependencies=[Depends(read_guard)]
     )
-    async def search(body: SearchIn) -> Response:
+    async def search(body: SearchIn, request: Request) -> Response:
         """Two-stage search. A spent budget or a failing reranker never fails the request:
-        the answer keeps first-stage order for what was not scored and says ``degraded``."""
+        the answer keeps first-stage order for what was not scored and says ``degraded``.
+
+        Refused without running: 503 ``overloaded`` (``Retry-After``) when the server holds
+        its bound of searches, or when this one's deadline passed while it waited for a
+        thread; 422 ``depth_over_limit`` / ``budget_over_limit`` when a caller without the
+        token asks for more than ``max_anonymous_depth`` / ``max_anonymous_budget_ms``
+        (refused, not clamped: a clamped answer would pass for the one asked for)."""
         eng, col, _ = service.need()
-        _check_search(body, settings)
+        trusted = settings.token is not None and bearer_ok(
+            request.headers.get("authorization"), settings.token
+        )
+        _check_search(body, settings, eng, trusted, metrics)
+        with service.searches.admit():
+            return await _search(body, eng, col)
+
+    async def _search(body: SearchIn, eng: Engine, col: Collection) -> Response:
         arrived = time.perf_counter()
         budget = eng.defaults.budget_ms if body.budget_ms is None else body.budget_ms
         waited: list[float] = [0.0, 0.0]
 
         def run_search(engine: Engine, slot: int) -> SearchResponse:
             # The deadline counts from the request's arrival: time spent waiting for a
-            # search thread (a burst of clients) comes out of its budget.
+            # search thread (a burst of clients) comes out of its budget. One whose budget
+            # is spent before it starts is shed: its answer would come late, and running it
+            # makes every search queued behind it later still.
             waited[slot] = (time.perf_counter() - arrived) * 1000.0
+            if budget > 0 and waited[slot] >= budget:
+                raise service.searches.late(waited[slot], budget)
             return engine.search(
                 body.query,
                 body.k,
@@ -659,7 +792,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             docs = [Document(d.id, d.text, d.title, d.metadata) for d in body.documents]
         except ValueError as e:
             raise from_library(e) from None
-        res = await service.run(service.write_pool, col.add, docs)
+        with service.writes.admit():
+            res = await service.run(service.write_pool, col.add, docs)
         return {
             "inserted": res.inserted,
             "updated": res.updated,
@@ -671,7 +805,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def delete_document(doc_id: str) -> dict[str, Any]:
         """Delete one document; 404 ``not_found`` for an unknown id."""
         _, col, _ = service.need()
-        n = await service.run(service.write_pool, col.delete, [doc_id])
+        with service.writes.admit():
+            n = await service.run(service.write_pool, col.delete, [doc_id])
         return {"deleted": n, "documents": len(col)}
 
     # ---- models ----
@@ -811,8 +946,11 @@ def _model_spec(body: ModelUpdateIn, role: str) -> ModelSpec:
     return ModelSpec("path", body.path, body.precision)
 
 
-def _check_search(body: SearchIn, settings: ServerSettings) -> None:
-    """Request limits with their own codes (the engine checks again; these say more)."""
+def _check_search(
+    body: SearchIn, settings: ServerSettings, eng: Engine, trusted: bool, metrics: Metrics
+) -> None:
+    """Request limits with their own codes (the engine checks again; these say more), and
+    the caps on what a caller without the token may ask for."""
     cfg = settings.engine
     if len(body.query) > cfg.max_query_chars:
         raise ApiError(
@@ -833,6 +971,31 @@ def _check_search(body: SearchIn, settings: ServerSettings) -> None:
     ):
         raise ApiError(
             422, "budget_out_of_range", f"budget_ms must be in 0..60000, not {body.budget_ms}"
+        )
+    if trusted:
+        return
+    # A caller may always ask for what it would get by not asking: the caps never fall
+    # below the serving defaults.
+    d = eng.defaults
+    max_depth = max(settings.max_anonymous_depth or max(100, 2 * d.depth), d.depth)
+    if body.depth is not None and body.depth > max_depth:
+        metrics.over_limit.labels(limit="depth").inc()
+        raise ApiError(
+            422,
+            "depth_over_limit",
+            f"depth {body.depth} is over {max_depth}, the most a search without the token may "
+            f"ask for (max_anonymous_depth); with 'Authorization: Bearer <token>' up to "
+            f"{cfg.max_depth}",
+        )
+    max_budget = max(settings.max_anonymous_budget_ms, d.budget_ms)
+    if body.budget_ms is not None and body.budget_ms > max_budget:
+        metrics.over_limit.labels(limit="budget").inc()
+        raise ApiError(
+            422,
+            "budget_over_limit",
+            f"budget_ms {body.budget_ms:g} is over {max_budget:g}, the most a search without "
+            "the token may ask for (max_anonymous_budget_ms); with 'Authorization: Bearer "
+            "<token>' up to 60000",
         )
 
 
@@ -884,17 +1047,17 @@ async def _watch(service: Service) -> None:
     loop = asyncio.get_running_loop()
     last: tuple[tuple[str, int, int], ...] | None = None
     pending: tuple[tuple[str, int, int], ...] | None = None
-    watched: str | None = None
+    watched: Path | None = None
     while True:
         await asyncio.sleep(interval)
         reg = service.registry
         cur = reg.current if reg else None
-        if cur is None or cur.source in (None, "built-in"):
+        if cur is None or cur.path is None:
             continue
-        folder = Path(cur.source or "")
+        folder = cur.path
         sig = await loop.run_in_executor(service.admin_pool, folder_signature, folder)
-        if watched != cur.source:  # a new model: its present files are the baseline
-            watched, last, pending = cur.source, sig, None
+        if watched != folder:  # a new model: its present files are the baseline
+            watched, last, pending = folder, sig, None
             continue
         if sig == last:
             pending = None
@@ -906,4 +1069,4 @@ async def _watch(service: Service) -> None:
         await _reload(service, f"watched folder {folder}")
 
 
-__all__ = ["SearchIn", "SearchOut", "Service", "create_app", "folder_signature"]
+__all__ = ["Admission", "SearchIn", "SearchOut", "Service", "create_app", "folder_signature"]

@@ -53,6 +53,17 @@ class BodyTooLarge(ApiError):
         )
 
 
+class Overloaded(ApiError):
+    """503 ``overloaded``: refused without running (a full queue, or its deadline passed while
+    it waited); ``Retry-After`` says when to try again. ``reason`` labels the shed metric."""
+
+    def __init__(self, message: str, *, reason: str, retry_after_s: int) -> None:
+        super().__init__(
+            503, "overloaded", message, headers={"Retry-After": str(max(1, retry_after_s))}
+        )
+        self.reason = reason
+
+
 # Most specific first: the first class an error is an instance of decides.
 _LIBRARY: list[tuple[type[BaseException], int, str]] = [
     (E.KeyNotFound, 404, "not_found"),
@@ -99,4 +110,4 @@ def from_library(exc: BaseException) -> ApiError:
     return ApiError(500, "internal", "internal error; the server log has the details")
 
 
-__all__ = ["STATUS_CODES", "ApiError", "BodyTooLarge", "from_library"]
+__all__ = ["STATUS_CODES", "ApiError", "BodyTooLarge", "Overloaded", "from_library"]

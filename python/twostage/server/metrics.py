@@ -120,6 +120,27 @@ class Metrics:
             "twostage_model_updates", "Model updates by result", ["result"], registry=r
         )
         self.inflight = Gauge("twostage_http_inflight", "Requests being served", registry=r)
+        self.shed = Counter(
+            "twostage_shed",
+            "Requests refused with 503 overloaded without running, by kind (search, write) "
+            "and reason (queue_full: over the admission bound; deadline: the budget passed "
+            "while it waited for a thread)",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.pending = Gauge(
+            "twostage_pending",
+            "Requests waiting for or holding a thread, by kind (search, write)",
+            ["kind"],
+            registry=r,
+        )
+        self.over_limit = Counter(
+            "twostage_search_over_limit",
+            "Searches without the token refused for asking more than the anonymous cap, by "
+            "limit (depth, budget)",
+            ["limit"],
+            registry=r,
+        )
         self.impressions = Counter(
             "twostage_experiment_impressions",
             "Interleaved answers served, by experiment",

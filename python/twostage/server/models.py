@@ -11,7 +11,13 @@ that fails leaves the serving model untouched and says why:
    already running finish with the model they started with.
 
 The model before is kept for :meth:`ModelRegistry.rollback`; the one before that is
-released, and freed once its last search ends.
+released, and freed once its last search ends. The model a swap or a rollback leaves serving
+is remembered in a small JSON file (``ServerSettings.model_state_path``) and installed again,
+through the same checks, when the server restarts with the same configured model
+(:meth:`ModelRegistry.restore`); if it cannot be, the configured model serves.
+
+Answers (``GET /models``, refusals) name model folders relative to their model root and
+give a short reason; the full error, with paths and onnxruntime's words, is in the log.
 
 >>> registry = ModelRegistry(engine, settings)  # doctest: +SKIP
 >>> registry.update("ce-v2", precision="fp32").version  # doctest: +SKIP
@@ -23,6 +29,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +47,13 @@ from twostage.engine import Engine
 from twostage.errors import InvalidArgument
 from twostage.reranker import Reranker
 from twostage.server.errors import ApiError, from_library
-from twostage.server.security import check_model_path
+from twostage.server.security import (
+    check_model_files,
+    check_model_path,
+    model_file_problem,
+    shown_path,
+    under_roots,
+)
 from twostage.server.settings import Precision, ServerSettings
 
 log = logging.getLogger("twostage.server")
@@ -74,10 +89,20 @@ class ModelRecord:
     swap_ms: float | None = None
     validation: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None  # why it was rejected
+    # Kept from answers: the resolved folder (None for a built-in), how the spec was read,
+    # and who chose the model (the operator's configuration or a request).
+    path: Path | None = field(default=None, repr=False)
+    kind: Literal["name", "path"] = "path"
+    origin: Literal["config", "request"] = "request"
+    shown_spec: str | None = None  # the spec as answers show it (relative to its root)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return asdict(self)
+        """JSON-ready: no absolute paths (they stay in the server's log)."""
+        out = asdict(self)
+        for private in ("path", "kind", "origin", "shown_spec"):
+            del out[private]
+        out["spec"] = self.shown_spec if self.shown_spec is not None else self.spec
+        return out
 
 
 class ModelRejected(ApiError):
@@ -143,8 +168,9 @@ class ModelRegistry:
                 "precision": enc.precision,
                 "fingerprint": enc.fingerprint,
             },
-            "model_roots": [str(r) for r in self._settings.model_roots],
-            "validation_set": str(self._settings.validation_set)
+            # How many, not where: model paths are shown relative to their root.
+            "model_roots": len(self._settings.model_roots),
+            "validation_set": self._settings.validation_set.name
             if self._settings.validation_set
             else None,
             "ndcg_floor": self._settings.ndcg_floor,
@@ -162,16 +188,15 @@ class ModelRegistry:
         """Record the model the engine was started with (already installed)."""
         if rr is None:
             return
-        rec = ModelRecord(
-            validation=validation or {},
-            spec=spec,
-            precision=precision,
-            status="active",
-            version=rr.version,
-            source=_source(spec),
-            loaded_at=_now(),
-            load_ms=round(load_ms, 1),
-        )
+        rec = self._record(spec, precision, "active")
+        rec.origin = "config"
+        rec.validation = validation or {}
+        rec.version, rec.loaded_at, rec.load_ms = rr.version, _now(), round(load_ms, 1)
+        if spec in BUILTINS:
+            rec.kind, rec.source = "name", "built-in"
+        else:
+            rec.path = Path(spec).expanduser().resolve()
+            rec.source = shown_path(rec.path, self._settings.model_roots)
         self._current = (rec, rr)
         self._remember(rec)
 
@@ -182,29 +207,40 @@ class ModelRegistry:
         *,
         kind: Literal["auto", "name", "path"] = "auto",
         trusted: bool = False,
+        origin: Literal["config", "request"] = "request",
     ) -> ModelRecord:
         """Load, validate and install the reranker ``spec``; raises :class:`ModelRejected`.
 
         ``kind``: ``"name"`` (a built-in), ``"path"`` (a folder under the model roots) or
         ``"auto"`` (a built-in name if there is one). ``trusted`` skips the model-root check:
-        for specs the operator gave on the command line, never for a request's.
+        for specs the operator gave on the command line, never for a request's. ``origin``
+        says who chose it: a request's choice is remembered across restarts.
         """
         if not self._lock.acquire(blocking=False):
             raise ApiError(
                 409, "update_in_progress", "another model update is running; retry when it ends"
             )
         try:
-            return self._update(spec, precision or self._settings.reranker_precision, kind, trusted)
+            prec = precision or self._settings.reranker_precision
+            return self._update(spec, prec, kind, trusted, origin)
         finally:
             self._lock.release()
 
     def reload(self) -> ModelRecord | None:
-        """Load the serving model's spec again (its files changed): SIGHUP, watched folder."""
+        """Load the serving model again (its files changed): SIGHUP, watched folder."""
         cur = self.current
         if cur is None:
             return None
-        # The spec was accepted once (a root-checked request or the operator's own).
-        return self.update(cur.spec, cur.precision, trusted=True)  # type: ignore[arg-type]
+        precision: Precision = "fp32" if cur.precision == "fp32" else "int8"
+        if cur.kind == "name" or cur.path is None:
+            return self.update(cur.spec, precision, kind="name", origin=cur.origin)
+        # Its resolved folder, not the spec (a request's spec is relative to a root). The
+        # operator's own folder is trusted as at start; a request's is checked again: its
+        # files may have changed into links that lead out.
+        trusted = cur.origin == "config"
+        return self.update(
+            str(cur.path), precision, kind="path", trusted=trusted, origin=cur.origin
+        )
 
     def rollback(self) -> ModelRecord:
         """Return to the previous model (the current one becomes the previous)."""
@@ -225,6 +261,7 @@ class ModelRegistry:
                 cur[0].status = "previous"
             self._current, self._previous = prev, cur
             self._notify("rollback")
+            self._persist()
             log.info("rolled back to %s", prev[0].version)
             return prev[0]
         finally:
@@ -245,7 +282,7 @@ class ModelRegistry:
         are not added to the update history, which is about the serving model.
         """
         prec: Precision = precision or self._settings.reranker_precision
-        rec = ModelRecord(spec=spec, precision=prec, status="rejected")
+        rec = self._record(spec, prec, "rejected")
         try:
             rr = self._prepare(rec, spec, prec, kind, trusted)
         except _Unfit as e:
@@ -282,18 +319,28 @@ class ModelRegistry:
                 raise ApiError(
                     422, "model_rejected", f"built-in {spec!r} is an encoder, not a reranker"
                 )
-            rec.source = "built-in"
-        elif trusted:
-            target = Path(spec).expanduser().resolve()
-            rec.source = str(target)
+            rec.source, rec.kind = "built-in", "name"
         else:
-            target = check_model_path(spec, self._settings.model_roots)
-            rec.source = str(target)
+            roots = self._settings.model_roots
+            if trusted:
+                target = Path(spec).expanduser().resolve()
+            else:
+                target = check_model_path(spec, roots)
+            rec.path, rec.kind, rec.source = target, "path", shown_path(target, roots)
+            # Every file the loader may open: inside the roots (unless the operator's own),
+            # bounded in size, and weights that start like weights, before anything hashes
+            # or parses them (a 3 GiB file is refused in microseconds, not 35 s).
+            for f in check_model_files(target, None if trusted else roots):
+                problem = model_file_problem(f, self._settings.max_model_bytes, roots)
+                if problem:
+                    raise _Unfit(f"could not load {rec.shown_spec}: {problem}")
         t0 = time.perf_counter()
         try:
             rr = Reranker.load(target, precision=precision)
         except Exception as e:
-            raise _Unfit(f"could not load {spec}: {from_library(e).message}") from None
+            log.warning("model %s: could not load %s: %s", spec, target, e)
+            reason = public_reason(e, self._settings.model_roots)
+            raise _Unfit(f"could not load {rec.shown_spec}: {reason}") from None
         rec.version, rec.load_ms, rec.loaded_at = rr.version, _ms(t0), _now()
         t1 = time.perf_counter()
         try:
@@ -309,8 +356,10 @@ class ModelRegistry:
         precision: Precision,
         kind: Literal["auto", "name", "path"],
         trusted: bool,
+        origin: Literal["config", "request"],
     ) -> ModelRecord:
-        rec = ModelRecord(spec=spec, precision=precision, status="rejected")
+        rec = self._record(spec, precision, "rejected")
+        rec.origin = origin
         active = self.current.version if self.current else None
 
         def reject(why: str) -> ModelRejected:
@@ -333,7 +382,10 @@ class ModelRegistry:
         try:
             self._engine.swap_reranker(rr)  # warms it, refuses non-finite warm-up scores
         except Exception as e:
-            raise reject(f"the warm-up failed: {from_library(e).message}") from None
+            log.warning("model %s: the warm-up failed: %s", spec, e)
+            raise reject(
+                f"the warm-up failed: {public_reason(e, self._settings.model_roots)}"
+            ) from None
         rec.swap_ms = _ms(t2)
         rec.status = "active"
         old = self._current
@@ -344,6 +396,7 @@ class ModelRegistry:
         self._previous, self._current = old, (rec, rr)
         self._remember(rec)
         self._notify("ok")
+        self._persist()
         log.info("reranker %s installed (load %.0f ms)", rr.version, rec.load_ms or 0.0)
         return rec
 
@@ -380,6 +433,104 @@ class ModelRegistry:
                 elif below:
                     raise ValueError(f"NDCG@10 {ndcg:.4f} on the validation set is below {floor}")
         return out
+
+    # ---- the live choice across restarts ----
+    def _persist(self) -> None:
+        """Remember what serves now: the model a request chose, or None for the configured
+        one. Written atomically; a failure to write is logged, never a failed swap."""
+        cur = self.current
+        live: dict[str, Any] | None = None
+        if cur is not None and cur.origin == "request":
+            spec = str(cur.path) if cur.kind == "path" and cur.path is not None else cur.spec
+            live = {
+                "kind": cur.kind,
+                "spec": spec,
+                "precision": cur.precision,
+                "version": cur.version,
+            }
+        state = {"format": 1, "configured": self._configured(), "live": live, "saved_at": _now()}
+        path = self._settings.model_state_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(state, f, indent=1)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as e:
+            log.warning("could not remember the live reranker in %s: %s", path, e)
+
+    def _configured(self) -> dict[str, Any]:
+        return {
+            "reranker": self._settings.reranker,
+            "precision": self._settings.reranker_precision,
+        }
+
+    def restore(self) -> ModelRecord | None:
+        """Install again the reranker a swap left serving before the restart, through every
+        check a swap makes (roots, files, load, golden set, floor, warm-up). Never raises:
+        a missing, stale or refused choice is logged and the configured model serves. A
+        choice made over another configured model than today's is ignored (the operator
+        changed ``--reranker`` since: that wins)."""
+        path = self._settings.model_state_path
+        try:
+            if not path.is_file():
+                return None
+            state = json.loads(path.read_text(encoding="utf-8"))
+            live = state.get("live")
+            configured = state.get("configured")
+        except (OSError, ValueError, AttributeError) as e:
+            log.warning("ignoring the remembered reranker in %s: %s", path, e)
+            return None
+        if live is None:
+            return None
+        if configured != self._configured():
+            log.info(
+                "the configured reranker changed since the last swap: serving it, not the "
+                "remembered %s",
+                live.get("spec") if isinstance(live, dict) else live,
+            )
+            return None
+        kind, spec, precision = (
+            (live.get("kind"), live.get("spec"), live.get("precision"))
+            if isinstance(live, dict)
+            else (None, None, None)
+        )
+        if (
+            kind not in ("name", "path")
+            or not isinstance(spec, str)
+            or precision
+            not in (
+                "int8",
+                "fp32",
+            )
+        ):
+            log.warning("ignoring the remembered reranker in %s: malformed %r", path, live)
+            return None
+        try:
+            rec = self.update(spec, precision, kind=kind)
+        except ApiError as e:
+            log.warning(
+                "could not restore the reranker %s chosen before the restart (%s): serving "
+                "the configured one",
+                spec,
+                e.message,
+            )
+            return None
+        except Exception:
+            log.exception("could not restore the reranker %s: serving the configured one", spec)
+            return None
+        log.info("restored the reranker chosen before the restart: %s", rec.version)
+        return rec
+
+    def _record(self, spec: str, precision: str, status: Status) -> ModelRecord:
+        shown = spec
+        if spec not in BUILTINS and Path(spec).expanduser().is_absolute():
+            shown = shown_path(Path(spec).expanduser().resolve(), self._settings.model_roots)
+        return ModelRecord(spec=spec, precision=precision, status=status, shown_spec=shown)
 
     def _remember(self, rec: ModelRecord) -> None:
         if rec not in self._history:
@@ -431,8 +582,23 @@ def ndcg_at_10(scores: np.ndarray, relevance: list[float]) -> float:
     return dcg / idcg if idcg > 0 else 0.0
 
 
-def _source(spec: str) -> str:
-    return "built-in" if spec in BUILTINS else spec
+# An absolute path in a library message (up to a quote, space or separator).
+_ABS_PATH = re.compile(r"(?<![\w.])/[^\s'\",;:()\[\]]+")
+
+
+def public_reason(exc: BaseException, roots: tuple[Path, ...]) -> str:
+    """A short reason for an answer: paths relative to their model root (else their last
+    part), onnxruntime's internals summarised. The caller logs the whole error."""
+    msg = from_library(exc).message
+    if "onnxruntime" in msg or "ONNXRuntimeError" in msg:
+        return "onnxruntime could not load the graph (the server log has the details)"
+
+    def shown(m: re.Match[str]) -> str:
+        p = Path(m.group(0))
+        return shown_path(p, roots) if under_roots(p, roots) else p.name
+
+    msg = _ABS_PATH.sub(shown, msg)
+    return msg if len(msg) <= 300 else msg[:297] + "..."
 
 
 def _ms(t0: float) -> float:

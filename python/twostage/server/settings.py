@@ -37,6 +37,36 @@ def _env_paths(name: str) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser() for p in raw.split(os.pathsep) if p.strip())
 
 
+def _env_opt_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidArgument(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def _env_int(name: str, default: int) -> int:
+    value = _env_opt_int(name)
+    return default if value is None else value
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidArgument(f"environment variable {name}={raw!r} is not a number") from None
+
+
+#: The largest model file (ONNX graph or safetensors) a swap may load: protobuf cannot hold
+#: a graph over 2 GiB in one file, and the shipped reranker is 17 MB.
+DEFAULT_MAX_MODEL_BYTES = 2 << 30
+
+
 def read_token(token_file: str | os.PathLike[str] | None = None) -> str | None:
     """The bearer token: from ``token_file`` if given, else ``$TWOSTAGE_TOKEN`` (or None).
 
@@ -72,7 +102,17 @@ class ServerSettings:
     Security: writes (``POST/DELETE /documents``) and model updates need ``Authorization:
     Bearer <token>``; without a token the app refuses to start unless ``insecure_no_auth``.
     ``protect_reads`` puts search, documents, models and metrics behind the token too.
-    Model folders offered for a swap must lie under one of ``model_roots``.
+    Model folders offered for a swap must lie under one of ``model_roots``, and so must every
+    file in them (a symlinked file that leads out is refused).
+
+    Overload: at most ``max_pending_searches`` searches wait or run at once (default
+    ``workers * 4``) and ``max_pending_writes`` writes; one over the bound is answered 503
+    ``overloaded`` with ``Retry-After`` at once, and a search still queued when its deadline
+    passes is answered 503 too rather than run late. A request without the token may not ask
+    for more than ``max_anonymous_depth`` / ``max_anonymous_budget_ms`` (never less than the
+    server's own defaults); over them it gets 422 naming the cap (not a silent clamp: the
+    caller learns what it got). With the token, the engine's limits apply; with no token
+    configured (``insecure_no_auth``) every caller is capped.
     """
 
     collection: Path
@@ -111,6 +151,34 @@ class ServerSettings:
     #: The SQLite file of interleaving experiments (configs, impressions, clicks); None:
     #: ``experiments.sqlite`` in the collection's folder.
     experiments_db: Path | None = None
+    #: Searches waiting for or holding a search thread at once; one more gets 503. None:
+    #: ``workers * 4`` (a burst of that size waits a few searches' time at most).
+    max_pending_searches: int | None = field(
+        default_factory=lambda: _env_opt_int("TWOSTAGE_MAX_PENDING_SEARCHES")
+    )
+    #: Writes (upserts, deletes) waiting for or holding the writer thread at once.
+    max_pending_writes: int = field(
+        default_factory=lambda: _env_int("TWOSTAGE_MAX_PENDING_WRITES", 8)
+    )
+    #: The most ``depth`` a search without the token may ask for. None: twice the serving
+    #: default depth, at least 100.
+    max_anonymous_depth: int | None = field(
+        default_factory=lambda: _env_opt_int("TWOSTAGE_MAX_ANONYMOUS_DEPTH")
+    )
+    #: The most ``budget_ms`` a search without the token may ask for (or the default budget,
+    #: if that is higher).
+    max_anonymous_budget_ms: float = field(
+        default_factory=lambda: _env_float("TWOSTAGE_MAX_ANONYMOUS_BUDGET_MS", 1000.0)
+    )
+    #: Seconds an ``overloaded`` answer asks the client to wait (``Retry-After``).
+    retry_after_s: int = 1
+    #: The largest model file a swap may load (checked before the file is hashed or parsed).
+    max_model_bytes: int = field(
+        default_factory=lambda: _env_int("TWOSTAGE_MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES)
+    )
+    #: Where the reranker chosen by a swap is remembered across restarts; None:
+    #: ``reranker-state.json`` beside the experiments file.
+    model_state: Path | None = None
     #: How long after an experiment stops its impressions still take click feedback (clicks
     #: on answers served just before the stop arrive late); 0: none after the stop.
     feedback_grace_s: float = 600.0
@@ -123,6 +191,8 @@ class ServerSettings:
             object.__setattr__(self, "validation_set", Path(self.validation_set))
         if self.experiments_db is not None:
             object.__setattr__(self, "experiments_db", Path(self.experiments_db))
+        if self.model_state is not None:
+            object.__setattr__(self, "model_state", Path(self.model_state))
         if not 0 <= self.port <= 65535:
             raise InvalidArgument(f"port must be in 0..65535, not {self.port}")
         if self.token is not None and len(self.token) < 8:
@@ -138,9 +208,20 @@ class ServerSettings:
             "max_body_bytes",
             "max_batch_docs",
             "history",
+            "max_pending_writes",
+            "retry_after_s",
+            "max_model_bytes",
         ):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be >= 1, not {getattr(self, name)}")
+        for name in ("max_pending_searches", "max_anonymous_depth"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InvalidArgument(f"{name} must be >= 1, not {value}")
+        if not self.max_anonymous_budget_ms > 0:  # NaN too
+            raise InvalidArgument(
+                f"max_anonymous_budget_ms must be > 0, not {self.max_anonymous_budget_ms}"
+            )
         if self.batch_wait_ms < 0 or self.watch_interval_s <= 0:
             raise InvalidArgument("batch_wait_ms must be >= 0 and watch_interval_s > 0")
         if not self.feedback_grace_s >= 0:  # NaN too
@@ -168,9 +249,19 @@ class ServerSettings:
         return self.experiments_db or self.collection / "experiments.sqlite"
 
     @property
+    def model_state_path(self) -> Path:
+        """Where the live reranker choice is remembered."""
+        return self.model_state or self.experiments_path.with_name("reranker-state.json")
+
+    @property
+    def search_limit(self) -> int:
+        """Searches waiting or running at once before one more is refused."""
+        return self.max_pending_searches or self.workers * 4
+
+    @property
     def auth(self) -> bool:
         """Whether write and admin endpoints check the token."""
         return self.token is not None
 
 
-__all__ = ["LOOPBACK", "Precision", "ServerSettings", "read_token"]
+__all__ = ["DEFAULT_MAX_MODEL_BYTES", "LOOPBACK", "Precision", "ServerSettings", "read_token"]
