@@ -45,6 +45,8 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import heapq
+import itertools
 import logging
 import math
 import re
@@ -302,7 +304,9 @@ class Service:
         self.search_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="ts-search")
         self.write_pool = ThreadPoolExecutor(1, thread_name_prefix="ts-write")
         self.admin_pool = ThreadPoolExecutor(1, thread_name_prefix="ts-admin")
-        self.searches = Admission("search", "searches", settings.search_limit, settings, metrics)
+        self.searches = Admission(
+            "search", "searches", settings.search_limit, settings, metrics, settings.workers
+        )
         self.writes = Admission("write", "writes", settings.max_pending_writes, settings, metrics)
         self.started = time.time()
 
@@ -418,16 +422,25 @@ class Service:
 
 
 class Admission:
-    """A bound on the requests of one kind waiting for or holding its threads.
+    """A bound on the requests of one kind waiting for or holding its threads, and (for
+    searches) the order in which waiting ones get a thread.
 
     Over the bound a request is refused at once (503 ``overloaded``, ``Retry-After``) rather
-    than queued behind work it cannot overtake: the pools' own queues are unbounded, and a
-    burst there only makes every answer late. Only the event loop calls :meth:`admit`, so a
-    plain counter is enough.
+    than queued behind work it cannot overtake: a burst only makes every answer late. With
+    ``threads``, a request also waits for one of that many places before it is handed to its
+    pool: the earliest deadline first (a 150 ms search overtakes a 1 s one), and one still
+    waiting when its deadline passes is refused then, not run late. Only the event loop calls
+    these methods, so plain counters are enough.
     """
 
     def __init__(
-        self, kind: str, plural: str, limit: int, settings: ServerSettings, metrics: Metrics
+        self,
+        kind: str,
+        plural: str,
+        limit: int,
+        settings: ServerSettings,
+        metrics: Metrics,
+        threads: int | None = None,
     ) -> None:
         self.kind = kind
         self._plural = plural
@@ -435,18 +448,31 @@ class Admission:
         self.pending = 0
         self._retry = settings.retry_after_s
         self._metrics = metrics
+        self._free = threads or 0
+        # (deadline, arrival order, the future a freed place is handed through)
+        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    @property
+    def full(self) -> bool:
+        """Whether one more request would be refused."""
+        return self.pending >= self.limit
+
+    def refusal(self) -> Overloaded:
+        """The answer to a request over the bound (counted)."""
+        self._metrics.shed.labels(kind=self.kind, reason="queue_full").inc()
+        return Overloaded(
+            f"the server is at its bound of {self.limit} {self._plural} waiting or "
+            f"running; retry after {self._retry} s",
+            reason="queue_full",
+            retry_after_s=self._retry,
+        )
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
         """Hold one place while the request runs; counts what is shed inside it too."""
-        if self.pending >= self.limit:
-            self._metrics.shed.labels(kind=self.kind, reason="queue_full").inc()
-            raise Overloaded(
-                f"the server is at its bound of {self.limit} {self._plural} waiting or "
-                f"running; retry after {self._retry} s",
-                reason="queue_full",
-                retry_after_s=self._retry,
-            )
+        if self.full:
+            raise self.refusal()
         self.pending += 1
         self._metrics.pending.labels(kind=self.kind).set(self.pending)
         try:
@@ -457,6 +483,45 @@ class Admission:
         finally:
             self.pending -= 1
             self._metrics.pending.labels(kind=self.kind).set(self.pending)
+
+    async def thread(self, arrived: float, budget_ms: float) -> None:
+        """Wait for a thread, earliest deadline first; raise :meth:`late` at the deadline
+        (``budget_ms`` after ``arrived``, a ``perf_counter``) if none came. A budget of 0
+        asks for the first stage only: it waits in deadline order, and is never shed."""
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        deadline = arrived + budget_ms / 1000.0
+        heapq.heappush(self._waiting, (deadline, next(self._order), fut))
+        timer = None
+        if budget_ms > 0:
+            waited = max(0.0, deadline - time.perf_counter())
+            timer = loop.call_later(waited, self._expire, fut, arrived, budget_ms)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release()  # handed a thread just as the request was cancelled
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, fut: asyncio.Future[None], arrived: float, budget_ms: float) -> None:
+        if not fut.done():
+            waited = (time.perf_counter() - arrived) * 1000.0
+            fut.set_exception(self.late(waited, budget_ms))
+
+    def release(self) -> None:
+        """Give a thread back: to the waiting request with the earliest deadline."""
+        while self._waiting:
+            _, _, fut = heapq.heappop(self._waiting)
+            if not fut.done():  # else shed at its deadline, or cancelled
+                fut.set_result(None)
+                return
+        self._free += 1
 
     def late(self, waited_ms: float, budget_ms: float) -> Overloaded:
         """The refusal of a search whose deadline passed while it waited for a thread."""
@@ -488,11 +553,19 @@ class Edge:
         status = 500
         metrics = svc.metrics
         metrics.inflight.inc()
+        refused_route: str | None = None
         try:
             length = _content_length(scope)
             if length is not None and length > limit:
                 status = 413
                 await _send_error(send, BodyTooLarge(limit))
+                return
+            # Over the bound, refuse before the body is read and validated: under overload
+            # refusals are most of the traffic, and they must cost the loop next to nothing.
+            gate = _admission_for(svc, scope["method"], scope["path"])
+            if gate is not None and gate[0].full:
+                status, refused_route = 503, gate[1]
+                await _send_error(send, gate[0].refusal())
                 return
             seen = 0
             too_large = False
@@ -537,9 +610,20 @@ class Edge:
         finally:
             metrics.inflight.dec()
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            path = getattr(route, "path", None) or refused_route or "unmatched"
             metrics.requests.labels(route=path, method=scope["method"], status=str(status)).inc()
             metrics.latency.labels(route=path).observe(time.perf_counter() - t0)
+
+
+def _admission_for(svc: Service, method: str, path: str) -> tuple[Admission, str] | None:
+    """The admission a request passes (and its route's name), if any."""
+    if method == "POST" and path == "/search":
+        return svc.searches, "/search"
+    if method == "POST" and path == "/documents":
+        return svc.writes, "/documents"
+    if method == "DELETE" and path.startswith("/documents/"):
+        return svc.writes, "/documents/{doc_id:path}"
+    return None
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -741,8 +825,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
             "encoder": f"{col.encoder.name}@{col.encoder.fingerprint}",
             "reranker": rr.version if rr else None,
         }
+
+        async def on_a_thread(engine: Engine, slot: int) -> SearchResponse:
+            await service.searches.thread(arrived, budget)
+            try:
+                return await service.run(service.search_pool, run_search, engine, slot)
+            finally:
+                service.searches.release()
+
         if arm is None:
-            resp = await service.run(service.search_pool, run_search, eng, 0)
+            resp = await on_a_thread(eng, 0)
             metrics.observe_search(resp)
             out = resp.to_dict()
         else:
@@ -750,8 +842,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             # later than a plain one would be.
             assert exps is not None
             control, candidate = await asyncio.gather(
-                service.run(service.search_pool, run_search, arm.control, 0),
-                service.run(service.search_pool, run_search, arm.candidate, 1),
+                on_a_thread(arm.control, 0), on_a_thread(arm.candidate, 1)
             )
             metrics.observe_search(control)
             k = settings.engine.k if body.k is None else body.k
