@@ -420,3 +420,53 @@ def test_index_check_passes_a_sound_collection_beside_a_writer(
         out = cli("index", "check", str(folder))
         assert out.returncode == 0, out.stderr
         assert "ok (23 documents" in out.stdout
+
+
+def test_cli_beside_a_running_server(folder: Path, tmp_path: Path) -> None:
+    """The issue's case: a server and a CLI `index add` on one folder. The add is refused
+    naming the server; read-only commands (search, info, check) work beside it."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "server.log").open("w")
+    serve = ["serve", str(folder), "--port", str(port), "--insecure-no-auth", "--reranker", "none"]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "twostage", *serve, "--log-level", "warning"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        corpus = tmp_path / "more.jsonl"
+        corpus.write_text(json.dumps({"_id": "b0", "text": "Tides follow the moon."}) + "\n")
+        out = cli("index", "add", str(folder), str(corpus))
+        assert out.returncode == 1 and f"pid {server.pid}" in out.stderr, out.stderr
+        assert "twostage serve" in out.stderr
+        found = cli("search", str(folder), "tcp sockets", "--no-rerank", "--json")
+        assert found.returncode == 0, found.stderr
+        assert json.loads(found.stdout)["hits"]
+        assert cli("index", "check", str(folder)).returncode == 0
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/documents",
+            json={"documents": [{"id": "b0", "text": "Tides follow the moon."}]},
+            timeout=60,
+        )
+        assert r.status_code == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        log.close()
+    with Collection.open(folder, read_only=True) as col:
+        assert "b0" in col and len(col.index) == 21

@@ -58,7 +58,7 @@ class WriterLock:
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "command": " ".join(sys.argv)[:300],
+            "command": _command()[:300],
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         os.ftruncate(fd, 0)
@@ -88,6 +88,15 @@ def read_holder(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _command() -> str:
+    """The command line, as a user typed it (``python -m twostage`` reads as ``twostage``)."""
+    if not sys.argv or not sys.argv[0]:
+        return "python"
+    prog = Path(sys.argv[0])
+    name = prog.parent.name if prog.name == "__main__.py" else prog.name
+    return " ".join([name or "python", *sys.argv[1:]])
 
 
 def _describe(info: dict[str, Any] | None) -> str:
