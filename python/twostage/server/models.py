@@ -52,7 +52,6 @@ from twostage.server.security import (
     check_model_path,
     model_file_problem,
     shown_path,
-    under_roots,
 )
 from twostage.server.settings import Precision, ServerSettings
 
@@ -192,11 +191,14 @@ class ModelRegistry:
         rec.origin = "config"
         rec.validation = validation or {}
         rec.version, rec.loaded_at, rec.load_ms = rr.version, _now(), round(load_ms, 1)
+        folder = Path(spec).expanduser()
         if spec in BUILTINS:
             rec.kind, rec.source = "name", "built-in"
-        else:
-            rec.path = Path(spec).expanduser().resolve()
+        elif folder.is_dir():
+            rec.path = folder.resolve()
             rec.source = shown_path(rec.path, self._settings.model_roots)
+        else:  # a Hugging Face repo id: no folder of ours to watch or show
+            rec.kind, rec.source = "name", spec
         self._current = (rec, rr)
         self._remember(rec)
 
@@ -592,12 +594,7 @@ def public_reason(exc: BaseException, roots: tuple[Path, ...]) -> str:
     msg = from_library(exc).message
     if "onnxruntime" in msg or "ONNXRuntimeError" in msg:
         return "onnxruntime could not load the graph (the server log has the details)"
-
-    def shown(m: re.Match[str]) -> str:
-        p = Path(m.group(0))
-        return shown_path(p, roots) if under_roots(p, roots) else p.name
-
-    msg = _ABS_PATH.sub(shown, msg)
+    msg = _ABS_PATH.sub(lambda m: shown_path(Path(m.group(0)), roots), msg)
     return msg if len(msg) <= 300 else msg[:297] + "..."
 
 
