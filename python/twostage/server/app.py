@@ -659,7 +659,8 @@ def _validation_message(exc: RequestValidationError) -> ApiError:
     parts = []
     for e in errs[:5]:
         loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
-        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+        # A validator's own message, without pydantic's "Value error, " in front.
+        parts.append(f"{loc}: {str(e.get('msg', 'invalid')).removeprefix('Value error, ')}")
     more = f" (and {len(errs) - 5} more)" if len(errs) > 5 else ""
     return ApiError(422, "invalid_request", "; ".join(parts) + more)
 
