@@ -470,3 +470,55 @@ def test_cli_beside_a_running_server(folder: Path, tmp_path: Path) -> None:
         log.close()
     with Collection.open(folder, read_only=True) as col:
         assert "b0" in col and len(col.index) == 21
+
+
+def test_read_only_server_follows_the_writer(
+    folder: Path, encoder: Encoder, tmp_path: Path
+) -> None:
+    """A server beside the process that writes: without --read-only it will not start (and
+    says who holds the folder); with it, it answers searches that see the writer's commits
+    and refuses writes with 409."""
+    import socket
+
+    import httpx
+
+    writer = Collection.open(folder, encoder)
+    try:
+        refused = cli("serve", str(folder), "--insecure-no-auth", "--reranker", "none")
+        assert refused.returncode == 1 and f"pid {os.getpid()}" in refused.stderr
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = (tmp_path / "server.log").open("w")
+        serve = ["serve", str(folder), "--port", str(port), "--read-only", "--insecure-no-auth"]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "twostage", *serve, "--reranker", "none"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert server.poll() is None and time.monotonic() < deadline
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            writer.add([Document("fresh", "Zebras migrate across the Serengeti every year.")])
+            time.sleep(Engine.REFRESH_S + 0.1)
+            r = httpx.post(f"{url}/search", json={"query": "zebra migration", "k": 1}, timeout=60)
+            assert r.status_code == 200 and r.json()["hits"][0]["id"] == "fresh"
+            w = httpx.post(
+                f"{url}/documents", json={"documents": [{"id": "x", "text": "y"}]}, timeout=60
+            )
+            assert w.status_code == 409 and w.json()["error"]["code"] == "read_only"
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+            log.close()
+        assert "x" not in writer
+    finally:
+        writer.close()

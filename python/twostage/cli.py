@@ -324,6 +324,42 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a stopped experiment still takes clicks for its impressions",
     )
+    sv.add_argument(
+        "--read-only",
+        action="store_true",
+        help="serve beside the process that writes DIR: no writes here (409), searches follow "
+        "its commits",
+    )
+    sv.add_argument(
+        "--max-pending-searches",
+        type=int,
+        default=None,
+        help="searches waiting or running before 503 overloaded (default: workers x 4)",
+    )
+    sv.add_argument(
+        "--max-pending-writes",
+        type=int,
+        default=None,
+        help="writes waiting or running before 503 (default 8)",
+    )
+    sv.add_argument(
+        "--max-anonymous-depth",
+        type=int,
+        default=None,
+        help="most depth without the token (default: max(100, 2 x the default depth))",
+    )
+    sv.add_argument(
+        "--max-anonymous-budget-ms",
+        type=float,
+        default=None,
+        help="most budget_ms without the token (default 1000)",
+    )
+    sv.add_argument(
+        "--max-model-bytes",
+        type=int,
+        default=None,
+        help="largest model file a swap may load (default 2 GiB)",
+    )
     sv.add_argument("--max-body-bytes", type=int, default=1 << 20)
     sv.add_argument("--max-batch-docs", type=int, default=256)
     sv.add_argument("--validation-set", default=None, help="JSONL set for model updates")
@@ -721,8 +757,21 @@ def _serve(args: argparse.Namespace) -> int:
     if args.first_stage is not None:
         overrides["first_stage"] = args.first_stage
     token = None if args.insecure_no_auth else read_token(args.token_file)
+    # Given flags only: the rest keep the settings' defaults (and TWOSTAGE_* variables).
+    limits = {
+        name: getattr(args, name)
+        for name in (
+            "max_pending_searches",
+            "max_pending_writes",
+            "max_anonymous_depth",
+            "max_anonymous_budget_ms",
+            "max_model_bytes",
+        )
+        if getattr(args, name) is not None
+    }
     settings = ServerSettings(
         collection=Path(args.dir),
+        read_only=args.read_only,
         host=args.host,
         port=args.port,
         token=token,
@@ -744,12 +793,18 @@ def _serve(args: argparse.Namespace) -> int:
         watch_models=args.watch_models,
         experiments_db=Path(args.experiments_db) if args.experiments_db else None,
         feedback_grace_s=args.feedback_grace,
+        **limits,
     )
     if not (Path(args.dir) / "manifest.json").is_file():
         print(
             f"twostage: error: {args.dir} holds no collection (no manifest.json)", file=sys.stderr
         )
         return 1
+    if not args.read_only:
+        from twostage.lock import WriterLock
+
+        # Say it before loading models and binding the port (the app takes it for real).
+        WriterLock.acquire(Path(args.dir)).release()
     import logging
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")

@@ -71,6 +71,7 @@ _LIBRARY: list[tuple[type[BaseException], int, str]] = [
     (E.InvalidModel, 422, "model_rejected"),
     (E.ProviderUnavailable, 422, "model_rejected"),
     (E.EncoderMismatch, 409, "encoder_mismatch"),
+    (E.CollectionLocked, 409, "collection_locked"),
     (E.DimensionMismatch, 422, "invalid_argument"),
     (E.InvalidVector, 422, "invalid_argument"),
     (E.DuplicateKey, 422, "invalid_argument"),

@@ -116,6 +116,9 @@ class ServerSettings:
     """
 
     collection: Path
+    #: Serve without the collection's writer lock: writes answer 409 ``read_only`` and
+    #: searches follow what the process that holds the lock commits (within 0.5 s).
+    read_only: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None
