@@ -17,3 +17,17 @@ pub use error::{Error, Result};
 pub use index::{Config, Dtype, Hits, Index, Metric, MISSING_KEY};
 pub use merge::{merge_topk, rerank_order, rrf, Order};
 pub use slot::{Slot, Versioned};
+
+/// Property-test settings: `default_cases` cases unless `PROPTEST_CASES` says otherwise (the
+/// CI suite runs the defaults; `benches/fuzz.py rust` runs many more in release).
+#[cfg(test)]
+pub(crate) fn test_config(default_cases: u32) -> proptest::prelude::ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
+    proptest::prelude::ProptestConfig {
+        cases,
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}

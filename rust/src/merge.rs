@@ -294,6 +294,89 @@ mod tests {
         }
     }
 
+    /// A permutation of every entry, regrouped into lists of random sizes.
+    fn reshuffle(lists: &[Vec<(u64, f32)>], seed: u64) -> Vec<Vec<(u64, f32)>> {
+        let mut all: Vec<(u64, f32)> = lists.iter().flatten().copied().collect();
+        let mut x = seed | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in (1..all.len()).rev() {
+            all.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+        let mut out = vec![];
+        while !all.is_empty() {
+            let take = (next() % 8 + 1).min(all.len() as u64) as usize;
+            out.push(all.drain(..take).collect());
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(crate::test_config(256))]
+
+        /// The answer is strictly ordered best-first (a total order: no two entries compare
+        /// equal, so no key twice), each key carries its best input score, it is as long as
+        /// it can be, and nothing left out ranks before the last entry kept.
+        #[test]
+        fn merge_is_a_deduplicated_top_k(lists in lists(), k in 0usize..50, higher in any::<bool>()) {
+            let order = if higher { Order::HigherFirst } else { Order::LowerFirst };
+            let got = merge_topk(lists.iter().map(|l| l.as_slice()), k, order);
+            let mut best: HashMap<u64, f32> = HashMap::new();
+            for &(key, s) in lists.iter().flatten() {
+                let b = best.entry(key).or_insert(s);
+                if order.cmp_entries((key, s), (key, *b)) == Ordering::Less {
+                    *b = s;
+                }
+            }
+            prop_assert_eq!(got.len(), k.min(best.len()));
+            for w in got.windows(2) {
+                prop_assert_eq!(order.cmp_entries(w[0], w[1]), Ordering::Less, "{:?}", got);
+            }
+            for &(key, s) in &got {
+                let b = best[&key];
+                prop_assert!(order.cmp_entries((key, s), (key, b)) == Ordering::Equal);
+                prop_assert!(lists.iter().flatten().any(|e| e.0 == key
+                    && (e.1.to_bits() == s.to_bits() || (e.1.is_nan() && s.is_nan()))));
+            }
+            if let Some(&last) = got.last() {
+                for (&key, &b) in &best {
+                    if !got.iter().any(|e| e.0 == key) {
+                        prop_assert_eq!(order.cmp_entries(last, (key, b)), Ordering::Less);
+                    }
+                }
+            }
+        }
+
+        /// Any permutation of the entries, grouped into any lists, gives the same bits.
+        #[test]
+        fn merge_ignores_arrival_order(lists in lists(), k in 0usize..50, higher in any::<bool>(),
+                                       seed in any::<u64>()) {
+            let order = if higher { Order::HigherFirst } else { Order::LowerFirst };
+            let a = merge_topk(lists.iter().map(|l| l.as_slice()), k, order);
+            let shuffled = reshuffle(&lists, seed);
+            let b = merge_topk(shuffled.iter().map(|l| l.as_slice()), k, order);
+            prop_assert!(same(&a, &b), "{:?} vs {:?}", a, b);
+        }
+
+        /// Selection then sort keeps exactly what a full sort would (distinct keys).
+        #[test]
+        fn top_k_in_place_matches_a_full_sort(scores in prop::collection::vec(score(), 0..80),
+                                              k in 0usize..90, higher in any::<bool>()) {
+            let order = if higher { Order::HigherFirst } else { Order::LowerFirst };
+            let mut v: Vec<(u64, f32)> =
+                scores.iter().enumerate().map(|(i, &s)| (i as u64 * 3 % 83, s)).collect();
+            let mut want = v.clone();
+            want.sort_by(|a, b| order.cmp_entries(*a, *b));
+            want.truncate(k);
+            top_k_in_place(&mut v, k, order);
+            prop_assert!(same(&v, &want), "{:?} vs {:?}", v, want);
+        }
+    }
+
     #[test]
     fn nan_ranks_last_both_ways() {
         let l: &[(u64, f32)] = &[(1, f32::NAN), (2, 0.5), (3, -1.0)];
