@@ -350,11 +350,14 @@ def trial_swap(rng: random.Random, work: Path, t: Trial, state: dict[str, Any]) 
         return
     stop = threading.Event()
     headers = {"authorization": f"Bearer {srv.token}"}
+    versions: dict[str, str] = state.setdefault("versions", {})
+    last: list[str | None] = [None, None]  # the last acknowledged model, the one in flight
 
     def swapper() -> None:
         i = 1
         with httpx.Client(base_url=srv.url, headers=headers, timeout=60) as c:
             while not stop.is_set():
+                last[1] = names[i % 2]
                 try:
                     r = c.put("/models/reranker", json={"path": names[i % 2]})
                     c.post("/search", json={"query": "read a gzip file", "k": 5})
@@ -362,6 +365,8 @@ def trial_swap(rng: random.Random, work: Path, t: Trial, state: dict[str, Any]) 
                     return
                 if r.status_code == 200:
                     t.acked += 1
+                    versions[names[i % 2]] = r.json()["model"]["version"]
+                    last[0] = names[i % 2]
                 i += 1
 
     th = threading.Thread(target=swapper)
@@ -381,8 +386,17 @@ def trial_swap(rng: random.Random, work: Path, t: Trial, state: dict[str, Any]) 
         r = httpx.post(f"{again.url}/search", json={"query": "sort a list", "k": 3}, timeout=60)
         if r.status_code != 200 or not r.json()["hits"]:
             t.failures.append(f"search after the restart answered {r.status_code}")
-        else:
-            t.note = f"serving {r.json()['reranker_version']} after the restart"
+            return
+        serving = r.json()["reranker_version"]
+        t.note = f"serving {serving} after the restart"
+        # The live choice is persisted: the last acknowledged swap's model, or the one in
+        # flight at the kill (it may have been saved before its answer went out).
+        allowed = {versions.get(n) for n in last if n is not None}
+        if last[0] is not None and serving not in allowed:
+            t.failures.append(
+                f"after the restart the server serves {serving}, not the last acknowledged "
+                f"{versions.get(last[0])} (or the one in flight)"
+            )
     finally:
         again.kill()
 
