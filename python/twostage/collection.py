@@ -568,6 +568,10 @@ class Collection:
             if len(self._index) != stored:
                 problems.append(f"the index holds {len(self._index)} keys, the store {stored}")
             if self._lexical is not None:
+                try:
+                    self._lexical.verify()
+                except CorruptIndex as e:
+                    problems.append(str(e))
                 if len(self._lexical) != stored:
                     problems.append(
                         f"{LEXICAL}/: BM25 holds {len(self._lexical)} documents, the store {stored}"

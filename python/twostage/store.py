@@ -31,6 +31,7 @@ import os
 import sqlite3
 import threading
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,8 @@ CREATE TABLE IF NOT EXISTS docs (
     metadata TEXT,
     emb      BLOB NOT NULL,
     tokens   BLOB,
-    seq      INTEGER NOT NULL
+    seq      INTEGER NOT NULL,
+    crc      INTEGER
 );
 CREATE INDEX IF NOT EXISTS docs_seq ON docs(seq);
 CREATE TABLE IF NOT EXISTS tombstones (
@@ -166,6 +168,12 @@ class DocStore:
                     f"{self._path} is damaged (SQLite quick_check: {'; '.join(problems[:3])}). "
                     "Restore it from a backup, or rebuild the collection from its source."
                 )
+        cols = {r[1] for r in self._writer.execute("PRAGMA table_info(docs)")}
+        if "crc" not in cols and not read_only:
+            # Stores from before row checksums: rows written from now on carry one.
+            self._writer.execute("ALTER TABLE docs ADD COLUMN crc INTEGER")
+            cols.add("crc")
+        self._crc_col = "crc" if "crc" in cols else "NULL"
         if not read_only and self.get_meta("store_id", "") == "":
             # Stores from before identities existed get one on their first writable open.
             self.set_meta({"store_id": uuid.uuid4().hex})
@@ -342,6 +350,16 @@ class DocStore:
         problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
         if problems:
             return problems
+        if full:
+            bad = []
+            cols = f"key,id,title,text,metadata,seq,tokens,emb,{self._crc_col}"
+            for r in self._reader().execute(f"SELECT {cols} FROM docs"):
+                try:
+                    self._verify_row(r)
+                except CorruptStore:
+                    bad.append(f"{r[1]!r} (key {r[0]})")
+            if bad:
+                problems.append(f"{len(bad)} document(s) fail their checksum: {', '.join(bad[:5])}")
         top = (
             self._reader()
             .execute(
@@ -478,20 +496,21 @@ class DocStore:
                         tok = np.asarray(tokens[i][:MAX_STORED_TOKENS], dtype=_NP_TOK).tobytes()
                     meta_json = None if d.metadata is None else json.dumps(d.metadata)
                     emb_blob = blobs[i * row_bytes : (i + 1) * row_bytes]
+                    crc = _row_crc(d.id, d.title, d.text, meta_json, emb_blob, tok)
                     row = c.execute("SELECT key FROM docs WHERE id=?", (d.id,)).fetchone()
                     if row is None:
                         cur = c.execute(
-                            "INSERT INTO docs(id,title,text,metadata,emb,tokens,seq) "
-                            "VALUES (?,?,?,?,?,?,?)",
-                            (d.id, d.title, d.text, meta_json, emb_blob, tok, seq),
+                            "INSERT INTO docs(id,title,text,metadata,emb,tokens,seq,crc) "
+                            "VALUES (?,?,?,?,?,?,?,?)",
+                            (d.id, d.title, d.text, meta_json, emb_blob, tok, seq, crc),
                         )
                         keys[i] = int(cur.lastrowid or 0)
                         inserted += 1
                     else:
                         c.execute(
-                            "UPDATE docs SET title=?,text=?,metadata=?,emb=?,tokens=?,seq=? "
-                            "WHERE key=?",
-                            (d.title, d.text, meta_json, emb_blob, tok, seq, row[0]),
+                            "UPDATE docs SET title=?,text=?,metadata=?,emb=?,tokens=?,seq=?,"
+                            "crc=? WHERE key=?",
+                            (d.title, d.text, meta_json, emb_blob, tok, seq, crc, row[0]),
                         )
                         keys[i] = row[0]
                         updated += 1
@@ -563,11 +582,12 @@ class DocStore:
         conn = self._reader()
         klist = [int(k) for k in keys]
         rows: dict[int, StoredDoc] = {}
-        cols = "key,id,title,text,metadata,seq" + (",tokens" if tokens else "")
+        cols = f"key,id,title,text,metadata,seq,tokens,emb,{self._crc_col}"
         for start in range(0, len(klist), 500):
             part = klist[start : start + 500]
             q = f"SELECT {cols} FROM docs WHERE key IN ({','.join('?' * len(part))})"
             for r in conn.execute(q, part):
+                self._verify_row(r)
                 tok = None
                 if tokens and r[6] is not None:
                     tok = np.frombuffer(r[6], dtype=_NP_TOK).tolist()
@@ -581,6 +601,17 @@ class DocStore:
                     int(r[5]),
                 )
         return [rows.get(k) for k in klist]
+
+    def _verify_row(self, r: Sequence[Any]) -> None:
+        """Row ``(key, id, title, text, metadata, seq, tokens, emb, crc)`` against its CRC."""
+        if r[8] is None:
+            return  # written before row checksums
+        if _row_crc(r[1], r[2], r[3], r[4], r[7], r[6]) != int(r[8]):
+            raise CorruptStore(
+                f"{self._path} is damaged: document {r[1]!r} (key {r[0]}) fails its checksum. "
+                "Run `twostage index check` on its folder; restore the store from a backup or "
+                "rebuild the collection from its source"
+            )
 
     @_guarded
     def get(self, ids: Sequence[str]) -> list[Document]:
@@ -724,6 +755,19 @@ class DocStore:
                 h.update(len(b).to_bytes(8, "little"))
                 h.update(b)
         return h.hexdigest()
+
+
+def _row_crc(
+    doc_id: str, title: str, text: str, meta: str | None, emb: bytes, tok: bytes | None
+) -> int:
+    """CRC-32 of a row's content: SQLite checks its pages' structure, not what they hold,
+    so a flipped bit in a text or a vector would otherwise be served as if it were right."""
+    crc = 0
+    for part in (doc_id, title, text, meta or "", emb, tok or b""):
+        b = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else bytes(part)
+        crc = zlib.crc32(len(b).to_bytes(8, "little"), crc)
+        crc = zlib.crc32(b, crc)
+    return crc
 
 
 _MAGIC = b"SQLite format 3\x00"
