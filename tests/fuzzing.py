@@ -157,9 +157,10 @@ class HttpFailure:
 
     def show(self) -> str:
         tag = f"[known: {self.known}] " if self.known else ""
+        curl = self.curl if len(self.curl) < 600 else self.curl[:500] + " ... " + self.curl[-80:]
         return (
             f"{tag}{self.operation} ({self.mode}) {self.check} -> {self.status}\n"
-            f"  {self.message.strip()[:600]}\n  reproduce: {self.curl[:1500]}"
+            f"  {self.message.strip()[:600]}\n  reproduce: {curl}"
         )
 
 
@@ -258,8 +259,10 @@ KNOWN_HTTP_BUGS: dict[str, str] = {
     "endpoints, which answer without one unless --protect-reads",
     "metrics-content-type": "GET /metrics is documented as application/json but answers "
     "text/plain (the Prometheus format)",
-    "undocumented-409": "POST /models/reranker/rollback answers 409 (no previous model), a "
-    "status its schema does not list",
+    "undocumented-status": "statuses the schema does not list: POST /models/reranker/rollback "
+    "answers 409 (no previous model), PUT /models/reranker 403 (a path outside the roots)",
+    "long-path-500": "PUT /models/reranker (or an experiment's candidate) with a path name over "
+    '255 bytes answers 500: check_model_path\'s stat raises OSError "File name too long"',
 }
 
 
@@ -271,6 +274,10 @@ def classify(check: str, status: int | None, case: Any, response: Any, message: 
             return "surrogate-500"
         if label == "POST /experiments" and _big_int(case):
             return "seed-overflow-500"
+        if label in ("PUT /models/reranker", "POST /experiments") and any(
+            len(x) > 255 for x in _strings(case.body)
+        ):
+            return "long-path-500"
         return None
     if check == "negative_data_rejection" and "`Authorization`" in message:
         return "auth-required-in-schema"
@@ -278,8 +285,11 @@ def classify(check: str, status: int | None, case: Any, response: Any, message: 
         return "bool-as-int"
     if check == "content_type_conformance" and label == "GET /metrics":
         return "metrics-content-type"
-    if check == "status_code_conformance" and status == 409 and "rollback" in label:
-        return "undocumented-409"
+    if check == "status_code_conformance" and (
+        (status == 409 and "rollback" in label)
+        or (status == 403 and label == "PUT /models/reranker")
+    ):
+        return "undocumented-status"
     if status == 400 and b"error parsing the body" in (response.content or b""):
         try:
             _sent_body(response).decode("utf-8")
@@ -296,11 +306,13 @@ def fuzz_http(
     seed: int = 0,
     modes: tuple[str, ...] = ("positive", "negative"),
     coverage: bool = True,
+    edges: bool = True,
     operations: Callable[[str], bool] = lambda label: True,
     progress: Callable[[str], None] | None = None,
 ) -> HttpReport:
     """Every operation of the server's schema: schemathesis' coverage cases (with
-    ``coverage``), the schema's own examples, then ``examples`` generated cases per mode.
+    ``coverage``), the schema's own examples, then ``examples`` generated cases per mode, then
+    (with ``edges``) one valid request with each field in turn set to each of ``EDGE_VALUES``.
     Collects distinct failures; never stops at the first."""
     import hypothesis
     import requests
@@ -329,10 +341,21 @@ def fuzz_http(
     report = HttpReport()
     session = requests.Session()
 
-    def run_case(case: Any, mode: str) -> None:
+    seeds: dict[str, Any] = {}
+
+    def run_case(case: Any, mode: str, edge: tuple[str, Any] | None = None) -> None:
         label = case.operation.label
         report.executions += 1
         report.per_operation[label] += 1
+        if label in GOOD_BODIES and label not in seeds and isinstance(case.body, dict):
+            seeds[label] = case.derive()
+            seeds[label].body = GOOD_BODIES[label]
+        elif (
+            mode == "positive"
+            and label not in seeds
+            and (isinstance(case.body, dict) or case.path_parameters)
+        ):
+            seeds[label] = case.derive()
         try:
             response = case.call(base_url=server.url, headers=auth, session=session, timeout=120)
         except (requests.RequestException, UnicodeError, ValueError) as e:
@@ -341,6 +364,20 @@ def fuzz_http(
             report.client_errors[type(e).__name__] += 1
             return
         report.statuses[response.status_code] += 1
+        if label == "POST /experiments" and response.status_code == 201:
+            # One experiment runs at a time: stop it, so the next request gets as far.
+            with contextlib.suppress(Exception):
+                exp_id = response.json()["id"]
+                session.post(f"{server.url}/experiments/{exp_id}/stop", headers=auth, timeout=60)
+        if edge is not None:
+            problem = _edge_accepted(edge, response.status_code)
+            if problem:
+                known = "bool-as-int" if problem.startswith("a boolean") else None
+                f = HttpFailure(
+                    label, mode, "edge_value_refused", response.status_code, problem,
+                    case.as_curl_command(headers=auth), known,
+                )  # fmt: skip
+                report.failures.setdefault(f.key(), f)
         try:
             case.validate_response(response, checks=checks, headers=auth)
         except FailureGroup as group:
@@ -403,6 +440,9 @@ def fuzz_http(
                 hypothesis.seed(seed)(settings(common, max_examples=n)(run))()
             except hypothesis.errors.Unsatisfiable:
                 pass
+        if edges and op.label in seeds:
+            for mutated, edge in _edge_cases(seeds[op.label]):
+                run_case(mutated, "edge", edge)
         if progress:
             progress(f"{op.label}: {report.per_operation[op.label]} requests")
         if server.proc.poll() is not None:
@@ -423,6 +463,100 @@ def _shed(response: Any) -> bool:
     except (ValueError, KeyError, TypeError):
         return False
     return code in ("overloaded", "not_ready")
+
+
+# Requests that get all the way through (given the collection and model root `serve` sets
+# up): the edge values are tried in these, one field at a time.
+GOOD_BODIES: dict[str, dict[str, Any]] = {
+    "POST /search": {
+        "query": "read a gzip file", "k": 3, "depth": 5, "budget_ms": 5000.0, "rerank": True,
+        "filter": {"kind": "topic"}, "first_stage": "hybrid",
+    },
+    "POST /documents": {
+        "documents": [{"id": "edge-1", "text": "edge text", "title": "t", "metadata": {"a": 1}}]
+    },
+    "PUT /models/reranker": {"path": "ce2", "precision": "fp32"},
+    "POST /experiments": {
+        "candidate": {"path": "ce2", "precision": "fp32"}, "control": "live", "share": 0.5,
+        "method": "team_draft", "seed": 1,
+    },
+    "POST /feedback": {"impression_id": "imp-1", "clicks": ["topic:assert"]},
+}  # fmt: skip
+
+# Values that broke servers before: lone surrogates, NUL, booleans where numbers go (JSON
+# parsers in lax mode read true as 1), integers past int64 (SQLite, numpy), huge floats, deep
+# or empty containers, very long strings.
+EDGE_VALUES: list[Any] = [
+    "\ud800", "x\udfffy", "\x00", "", " ", "x" * 10_000, True, False, 0, -1, 2**31, 2**63,
+    -(2**63) - 1, 2**64, 10**30, 1e308, -1e308, 5e-324, [], {}, None, [[[[[]]]]],
+    {"\ud800": 1}, ["\ud800"], {"k": "\udc80"},
+]  # fmt: skip
+
+
+def _edge_cases(seed: Any) -> Iterator[tuple[Any, tuple[str, Any]]]:
+    """``seed`` with one field at a time (top level, one level into objects and into the first
+    object of a list, path parameters) set to each edge value."""
+    body = seed.body if isinstance(seed.body, dict) else None
+    places: list[tuple[str, ...]] = []
+    if body is not None:
+        for k, v in body.items():
+            places.append((k,))
+            inner = v[0] if isinstance(v, list) and v and isinstance(v[0], dict) else v
+            if isinstance(inner, dict):
+                places += [(k, k2) for k2 in inner]
+    for path in places:
+        original = _get(body, path)
+        for value in EDGE_VALUES:
+            case = seed.derive()
+            case.body = _put(body, path, value)
+            yield case, (".".join(path), (original, value))
+    for name in seed.path_parameters:
+        for value in EDGE_VALUES:
+            if isinstance(value, str) and value:
+                case = seed.derive()
+                case.path_parameters = {**seed.path_parameters, name: value}
+                yield case, (name, (seed.path_parameters[name], value))
+
+
+def _get(body: Any, path: tuple[str, ...]) -> Any:
+    v = body[path[0]]
+    if len(path) == 2:
+        v = (v[0] if isinstance(v, list) else v)[path[1]]
+    return v
+
+
+def _put(body: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    out = json.loads(json.dumps(body))
+    if len(path) == 1:
+        out[path[0]] = value
+    else:
+        v = out[path[0]]
+        (v[0] if isinstance(v, list) else v)[path[1]] = value
+    return out
+
+
+def _edge_accepted(edge: tuple[str, Any], status: int) -> str | None:
+    """Why accepting this edge value is wrong, or None."""
+    if status >= 300:
+        return None
+    field, (original, value) = edge
+    if (
+        isinstance(value, bool)
+        and isinstance(original, (int, float))
+        and not isinstance(original, bool)
+    ):
+        return f"a boolean ({value}) for the number field {field!r} was accepted"
+    if any(not _utf8(s) for s in _strings(value)):
+        return f"a lone surrogate in {field!r} was accepted (it cannot be stored or echoed)"
+    return None
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bind(fn: Callable[[Any, str], None], mode: str) -> Callable[[Any], None]:
