@@ -59,7 +59,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import (
@@ -247,7 +248,9 @@ class ExperimentIn(BaseModel):
         description="the share of searches drawn into it, 0..1", examples=[0.1]
     )
     method: Text = Field("team_draft", description="team_draft or balanced")
-    seed: StrictInt | None = Field(None, description="seeds the draws and the interleavings")
+    seed: StrictInt | None = Field(
+        None, ge=0, le=2**63 - 1, description="seeds the draws and the interleavings"
+    )
 
 
 class FeedbackIn(BaseModel):
@@ -768,7 +771,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
             "defaults": dataclasses.asdict(eng.defaults),
         }
 
-    @app.get("/metrics", tags=["ops"], dependencies=[Depends(read_guard)])
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        dependencies=[Depends(read_guard)],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text"}},
+    )
     async def metrics_text() -> Response:
         """Prometheus text exposition."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -912,7 +921,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         out["builtin_rerankers"] = sorted(n for n, b in BUILTINS.items() if b.kind == "reranker")
         return out
 
-    @app.put("/models/reranker", tags=["models"], dependencies=[Depends(write_guard)])
+    @app.put(
+        "/models/reranker",
+        tags=["models"],
+        dependencies=[Depends(write_guard)],
+        responses={403: {"model": ErrorOut}, 409: {"model": ErrorOut}},
+    )
     async def update_reranker(body: ModelUpdateIn) -> dict[str, Any]:
         """Load beside the serving model, validate, swap; on any failure the old one stays
         (422 ``model_rejected`` says why)."""
@@ -930,7 +944,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         prev = reg.previous
         return {"status": "active", "model": rec.to_dict(), "previous": prev and prev.to_dict()}
 
-    @app.post("/models/reranker/rollback", tags=["models"], dependencies=[Depends(write_guard)])
+    @app.post(
+        "/models/reranker/rollback",
+        tags=["models"],
+        dependencies=[Depends(write_guard)],
+        responses={409: {"model": ErrorOut}},
+    )
     async def rollback_reranker() -> dict[str, Any]:
         """Return to the previous model (409 ``no_previous_model`` when there is none)."""
         _, _, reg = service.need()
@@ -1026,6 +1045,31 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # Outermost, so that refused bodies and errors are counted too.
     app.add_middleware(Edge, service=service)
+
+    if not settings.protect_reads:
+        # The read endpoints declare the bearer scheme (a token is accepted), but answer
+        # without one: say so in the schema ({} = no requirement) so clients are not misled.
+        reads = {
+            (route.path, m.lower())
+            for route in app.routes
+            if isinstance(route, APIRoute)
+            and any(d.dependency is read_guard for d in route.dependencies)
+            for m in route.methods or ()
+        }
+        make_schema = app.openapi
+
+        def openapi() -> dict[str, Any]:
+            if app.openapi_schema is None:
+                schema = make_schema()
+                for (path, method), op in (
+                    ((p, m), o) for p, ops in schema["paths"].items() for m, o in ops.items()
+                ):
+                    if (path, method) in reads and op.get("security"):
+                        op["security"] = [{}, *op["security"]]
+                app.openapi_schema = schema
+            return app.openapi_schema
+
+        app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

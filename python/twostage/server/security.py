@@ -77,15 +77,22 @@ def check_model_path(spec: str | os.PathLike[str], roots: Sequence[Path]) -> Pat
         raise ApiError(422, "invalid_request", "the model path contains a NUL byte")
     candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
     for cand in candidates:
-        real = cand.resolve()
-        if under_roots(real, roots) is None:
+        try:
+            real = cand.resolve()
+            if under_roots(real, roots) is None:
+                raise ApiError(
+                    403,
+                    "path_not_allowed",
+                    f"model path {os.fspath(spec)!r} resolves outside the model roots",
+                )
+            if real.exists():
+                return real
+        except OSError as e:  # a name over the file system's limit, a loop of links
             raise ApiError(
-                403,
-                "path_not_allowed",
-                f"model path {os.fspath(spec)!r} resolves outside the model roots",
-            )
-        if real.exists():
-            return real
+                422,
+                "invalid_request",
+                f"model path {os.fspath(spec)[:80]!r}: {e.strerror or 'not a usable path'}",
+            ) from None
     raise ApiError(
         404, "model_not_found", f"no model folder {os.fspath(spec)!r} under the model roots"
     )
