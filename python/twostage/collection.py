@@ -261,8 +261,19 @@ class Collection:
         if col.recovery is not None:
             log.warning("%s: %s", folder, col.recovery)
             if not read_only:
-                col.flush()
+                try:
+                    col.flush()
+                except BaseException:
+                    col._abandon()  # a full disk must not leave the folder locked
+                    raise
         return col
+
+    def _abandon(self) -> None:
+        """Close without a snapshot and drop the lock (a failed open)."""
+        self._closed = True
+        self._store.close()
+        if self._lock is not None:
+            self._lock.release()
 
     @classmethod
     def _assemble(
@@ -500,9 +511,9 @@ class Collection:
                 n += len(ch.keys) + len(ch.deleted)
                 self._applied = ch.seq
             if self._lexical is not None:
-                if self._lock is None:
-                    self._lexical.reload()  # the writer keeps it current on disk
-                else:
+                if self._lock is None and self._lexical.path is not None:
+                    self._lexical.reload()  # the writer keeps the one on disk current
+                else:  # ours, or one a read-only open rebuilt in memory
                     _catch_up_lexical(self._lexical, self._store, start)
             return n
 
