@@ -45,6 +45,7 @@ import numpy as np
 from twostage._models import BUILTINS
 from twostage.engine import Engine
 from twostage.errors import InvalidArgument
+from twostage.lexical import release_memory
 from twostage.reranker import Reranker
 from twostage.server.errors import ApiError, from_library
 from twostage.server.security import (
@@ -399,6 +400,8 @@ class ModelRegistry:
         self._remember(rec)
         self._notify("ok")
         self._persist()
+        # A retired model's weights and onnxruntime arenas stay in glibc's free lists.
+        release_memory()
         log.info("reranker %s installed (load %.0f ms)", rr.version, rec.load_ms or 0.0)
         return rec
 
