@@ -54,6 +54,7 @@ class Trial:
     n: int
     kill_after_s: float
     acked: int = 0
+    kills: int = 1  # SIGKILLs delivered (an ingest may end before its kill time)
     failures: list[str] = field(default_factory=list)
     note: str = ""
 
@@ -143,11 +144,12 @@ def trial_ingest(rng: random.Random, work: Path, t: Trial, ref_digest: str, src:
     kills = 0
     for _ in range(2):
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-        time.sleep(t.kill_after_s if kills == 0 else rng.uniform(0.5, 6.0))
+        time.sleep(t.kill_after_s if kills == 0 else rng.uniform(0.5, t.kill_after_s + 0.5))
         if p.poll() is not None:
             break
         kill(p)
         kills += 1
+    t.kills = kills
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     t.note = f"{kills} kills"
     if done.returncode != 0:
@@ -425,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             src = corpus(work / "corpus.jsonl", args.docs)
             ref = work / "ref"
             build = ["index", "build", "--corpus", str(src), "--out", str(ref)]
+            t_ref = time.perf_counter()
             subprocess.run(
                 [sys.executable, "-m", "twostage", *build, "--no-progress", "--chunk-size", "32"],
                 check=True,
@@ -435,9 +438,10 @@ def main(argv: list[str] | None = None) -> int:
 
             with Collection.open(ref, read_only=True) as col:
                 ref_digest = col.store.digest()
+            took = time.perf_counter() - t_ref  # a kill lands within a build's span
             t0 = time.perf_counter()
             for n in range(args.n):
-                t = Trial("ingest", n, rng.uniform(1.0, 9.0))
+                t = Trial("ingest", n, rng.uniform(0.3, 0.9) * took)
                 trial_ingest(rng, work, t, ref_digest, src)
                 trials.append(t)
                 print(f"ingest {n}: {t.note}, {len(t.failures)} failures", flush=True)
@@ -477,11 +481,12 @@ def main(argv: list[str] | None = None) -> int:
             if final:
                 trials.append(Trial("final", 0, 0.0, failures=final))
     failed = [t for t in trials if t.failures]
-    print(f"\n{'kind':<8} {'kills':>6} {'survived':>9} {'acks':>6}")
+    print(f"\n{'kind':<8} {'trials':>6} {'kills':>6} {'survived':>9} {'acks':>6}")
     for k in kinds:
         ts = [t for t in trials if t.kind == k]
         ok = sum(1 for t in ts if not t.failures)
-        print(f"{k:<8} {len(ts):>6} {ok:>9} {sum(t.acked for t in ts):>6}")
+        kills = sum(t.kills for t in ts)
+        print(f"{k:<8} {len(ts):>6} {kills:>6} {ok:>9} {sum(t.acked for t in ts):>6}")
     for t in failed:
         print(f"FAILED {t.kind} {t.n} (kill at {t.kill_after_s:.2f} s): {t.failures[:3]}")
     report = {
