@@ -2,14 +2,15 @@
 the server's RSS and the searches' p50/p99 every interval, plotted.
 
     .venv/bin/python benches/soak.py --minutes 30             # RELIABILITY.md's run
-    .venv/bin/python benches/soak.py --minutes 0.4 --interval 10   # the CI's short version
+    .venv/bin/python benches/soak.py --minutes 0.3 --interval 9 --small   # the CI's version
 
 The collection is a copy of SciFact (5,183 abstracts) when ``../shared/data/scifact`` is
-there, else 1,000 passages of the Python documentation; the server runs with its defaults
-(shipped reranker, hybrid first stage, depth and budget from the model). Traffic, all at
-once: ``--clients`` search loops (SciFact's queries in turn, a short pause between), one
-writer upserting 8 documents every second (new ids and replacements), a delete every 3 s,
-a reranker swap (``PUT /models/reranker``, the shipped model reloaded) every minute.
+there, else 1,000 passages of the Python documentation (200 with ``--small``); the server
+runs with its defaults (shipped reranker, hybrid first stage, depth and budget from the
+model). Traffic, all at once: ``--clients`` search loops (SciFact's queries in turn, a
+short pause between), one writer upserting 8 documents every second (new ids and
+replacements), a delete every 3 s, a reranker swap (``PUT /models/reranker``, the shipped
+model reloaded) every minute.
 Every answer that is not 200 is an error (shed 429/503 answers are counted apart).
 
 Prints one line per interval and writes ``benches/out/soak/soak-<date>.json`` and an SVG
@@ -43,12 +44,12 @@ OUT = ROOT / "benches" / "out" / "soak"
 HOST = "127.0.0.1"
 
 
-def collection(work: Path) -> tuple[Path, list[str]]:
+def collection(work: Path, small: bool) -> tuple[Path, list[str]]:
     from twostage.collection import Collection
     from twostage.encoder import Encoder
 
     folder = work / "col"
-    if (SCIFACT / "corpus.jsonl.gz").is_file():
+    if (SCIFACT / "corpus.jsonl.gz").is_file() and not small:
         from twostage.evaluation import Dataset, collection_for
 
         ds = Dataset.load(SCIFACT)
@@ -59,7 +60,7 @@ def collection(work: Path) -> tuple[Path, list[str]]:
     from twostage.sources import stdlib_docs
 
     with Collection.create(folder, Encoder.load("minilm-l6")) as col:
-        col.add(list(stdlib_docs(1000)))
+        col.add(list(stdlib_docs(200 if small else 1000)))
     return folder, ["read a gzip file", "parse json", "sort a list", "spawn a subprocess"]
 
 
@@ -211,12 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--interval", type=float, default=60.0, help="seconds per reported row")
     ap.add_argument("--clients", type=int, default=2, help="search loops")
+    ap.add_argument(
+        "--small", action="store_true", help="200 stdlib passages, not SciFact (the CI's run)"
+    )
     ap.add_argument("--json", default=None)
     ap.add_argument("--svg", default=None)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="twostage-soak-") as tmp:
         work = Path(tmp)
-        folder, queries = collection(work)
+        folder, queries = collection(work, args.small)
         with socket.socket() as s:
             s.bind((HOST, 0))
             port = int(s.getsockname()[1])

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_one_kill_of_each_kind_loses_nothing_acknowledged(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
-    args = ["--n", "1", "--seed", "7", "--kinds", "ingest,writer,http,swap", "--docs", "80"]
+    # Ingest's kill-and-resume has its own tests (test_ingest.py, test_reliability.py).
+    args = ["--n", "1", "--seed", "7", "--kinds", "writer,http,swap"]
     out = subprocess.run(
         [sys.executable, str(ROOT / "benches" / "crashloop.py"), *args, "--json", str(report)],
         capture_output=True,
@@ -29,7 +30,7 @@ def test_one_kill_of_each_kind_loses_nothing_acknowledged(tmp_path: Path) -> Non
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     data = json.loads(report.read_text())
     kinds = [t["kind"] for t in data["trials"]]
-    assert kinds == ["ingest", "writer", "http", "swap"]
+    assert kinds == ["writer", "http", "swap"]
     assert data["failed"] == 0
     # The kills landed while work was being acknowledged, not before or after it.
     acks = {t["kind"]: t["acked"] for t in data["trials"]}

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_short_soak_has_no_errors(tmp_path: Path) -> None:
     report = tmp_path / "soak.json"
-    args = ["--minutes", "0.3", "--interval", "9", "--json", str(report)]
+    args = ["--minutes", "0.3", "--interval", "9", "--small", "--json", str(report)]
     out = subprocess.run(
         [
             sys.executable,
