@@ -542,3 +542,28 @@ def test_a_changed_byte_inside_a_row_is_caught_by_its_checksum(
         assert any("fail their checksum" in p for p in col.check())
     out = cli("index", "check", str(folder))
     assert out.returncode == 1 and "'a0'" in out.stderr
+
+
+def test_bm25_files_left_by_a_killed_commit_do_not_block_later_writes(
+    folder: Path, encoder: Encoder
+) -> None:
+    """Found by benches/crashloop.py: a writer killed inside a BM25 commit leaves a deletes
+    file named for the next opstamp; every later commit then failed with FileAlreadyExists
+    and the collection could be neither written nor reopened."""
+    with Collection.open(folder, encoder) as col:
+        col.delete(["a1"])  # a segment with deletes, as in the crash
+    lex = folder / "lexical"
+    meta = json.loads((lex / "meta.json").read_text())
+    managed = json.loads((lex / ".managed.json").read_text())
+    for seg in meta["segments"]:
+        for op in range(meta["opstamp"] + 1, meta["opstamp"] + 8):
+            name = f"{seg['segment_id'].replace('-', '')}.{op}.del"
+            (lex / name).write_bytes(b"left by a killed commit")
+            managed.append(name)
+    (lex / ".managed.json").write_text(json.dumps(managed))
+    with Collection.open(folder, encoder) as col:
+        col.delete(["a2"])
+        col.add([Document("after", "Written after the crash, about lighthouses.")])
+        keys, _ = col.lexical_search("lighthouses", 3)
+        assert [d.id for d in col.fetch(keys) if d] == ["after"]
+        assert col.check() == []

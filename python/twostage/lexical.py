@@ -109,6 +109,7 @@ class LexicalIndex:
         self._index = index
         self._seq = seq
         self._lock = threading.Lock()
+        self._collected = False  # orphan files cleared (once per open, by the first writer)
 
     @classmethod
     def create(cls, path: str | os.PathLike[str]) -> LexicalIndex:
@@ -159,7 +160,9 @@ class LexicalIndex:
         try:
             index = tantivy.Index.open(str(folder))
             n = index.searcher().num_docs  # opens every segment: damage to one shows here
-        except (OSError, ValueError) as e:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # OSError, ValueError, or a panic (pyo3's PanicException)
             raise CorruptIndex(f"{folder}: damaged lexical index ({e})") from e
         lex = cls(folder, index, seq)
         if n <= VERIFY_ON_OPEN_DOCS:
@@ -228,11 +231,19 @@ class LexicalIndex:
         deadline = time.monotonic() + _LOCK_WAIT_S
         while True:
             try:
-                return self._index.writer(heap_size=_HEAP, num_threads=1)
+                writer = self._index.writer(heap_size=_HEAP, num_threads=1)
+                break
             except ValueError as e:
                 if "lock" not in str(e).lower() or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+        if not self._collected:
+            # A process killed inside a commit leaves files no commit refers to (a deletes
+            # file named for the next opstamp): the next commit would fail on them forever
+            # (FileAlreadyExists). Found by benches/crashloop.py.
+            writer.garbage_collect_files()
+            self._collected = True
+        return writer
 
     def _write_state(self) -> None:
         if self._path is None:
