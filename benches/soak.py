@@ -176,6 +176,11 @@ def svg(rows: list[dict[str, Any]], path: Path, title: str) -> None:
                 f'<text x="{pad - 6}" y="{y + 4:.0f}" font-size="10" text-anchor="end">'
                 f"{top * frac:.0f}</text>"
             )
+            x = pad + (w - 2 * pad) * frac
+            out.append(
+                f'<text x="{x:.0f}" y="{y0 + h - 26}" font-size="10" text-anchor="middle">'
+                f"{xmax * frac:.1f} min</text>"
+            )
         for name, s, color in series:
             pts = " ".join(
                 f"{pad + (w - 2 * pad) * x / xmax:.1f},{y0 + (h - 40) * (1 - v / top):.1f}"
@@ -183,8 +188,9 @@ def svg(rows: list[dict[str, Any]], path: Path, title: str) -> None:
                 if v == v
             )
             out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
+            n = sum(1 for line in out if "<polyline" in line)
             out.append(
-                f'<text x="{w - pad + 4}" y="{y0 + 12 + 14 * len(out) % 40}" font-size="11" '
+                f'<text x="{w - pad + 4}" y="{y0 + 14 * n}" font-size="11" '
                 f'fill="{color}">{name}</text>'
             )
         return "\n".join(out)
