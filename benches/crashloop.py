@@ -232,6 +232,8 @@ def trial_writer(rng: random.Random, work: Path, t: Trial, state: dict[str, Any]
     if not lines and "Traceback" in err:
         t.failures.append(f"the writer failed to start: {err.strip()[-300:]}")
     t.failures += verify(folder, acked, pending)
+    if t.failures:
+        t.note = "writer's last lines: " + " | ".join(x.strip() for x in lines[-8:])
     # What the verification saw for the batch in flight is now the truth.
     from twostage.collection import Collection
 
