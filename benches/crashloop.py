@@ -122,6 +122,14 @@ def verify(
     return problems
 
 
+def keep_for_post_mortem(folder: Path, t: Trial) -> None:
+    """A copy of the collection as the failing check saw it, once per kind."""
+    dest = OUT / f"failed-{t.kind}-{t.n}"
+    if not any(OUT.glob(f"failed-{t.kind}-*")):
+        shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("writer.lock"))
+        t.note += f" (copy: {dest})"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -233,7 +241,8 @@ def trial_writer(rng: random.Random, work: Path, t: Trial, state: dict[str, Any]
         t.failures.append(f"the writer failed to start: {err.strip()[-300:]}")
     t.failures += verify(folder, acked, pending)
     if t.failures:
-        t.note = "writer's last lines: " + " | ".join(x.strip() for x in lines[-8:])
+        t.note = "writer's last lines: " + " | ".join(x.strip() for x in lines[-12:])
+        keep_for_post_mortem(folder, t)
     # What the verification saw for the batch in flight is now the truth.
     from twostage.collection import Collection
 
@@ -331,6 +340,8 @@ def trial_http(rng: random.Random, work: Path, t: Trial, state: dict[str, Any]) 
     stop.set()
     th.join()
     t.failures += verify(folder, acked, pending)
+    if t.failures:
+        keep_for_post_mortem(folder, t)
     from twostage.collection import Collection
 
     with Collection.open(folder, read_only=True) as col:
