@@ -237,11 +237,14 @@ def trial_writer(rng: random.Random, work: Path, t: Trial, state: dict[str, Any]
             acked.update(dict.fromkeys(_texts(step)))
             pending = []
             t.acked += 1
+    if "-wal was deleted or replaced" in err:
+        t.note += "the writer saw its WAL replaced; "
     if not lines and "Traceback" in err:
         t.failures.append(f"the writer failed to start: {err.strip()[-300:]}")
     t.failures += verify(folder, acked, pending)
     if t.failures:
         t.note = "writer's last lines: " + " | ".join(x.strip() for x in lines[-12:])
+        t.note += " || stderr: " + err.strip()[-600:]
         keep_for_post_mortem(folder, t)
     # What the verification saw for the batch in flight is now the truth.
     from twostage.collection import Collection

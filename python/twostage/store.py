@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -41,6 +42,8 @@ import numpy as np
 
 from twostage.document import Document
 from twostage.errors import CorruptStore, DimensionMismatch, InvalidArgument, KeyNotFound
+
+log = logging.getLogger("twostage")
 
 SCHEMA_VERSION = 1
 EmbeddingDtype = Literal["f16", "f32"]
@@ -299,6 +302,13 @@ class DocStore:
             return
         # The WAL is gone or replaced. Readers holding old snapshots would stop a full
         # checkpoint: reconnect them first (the generation), then wait for them.
+        log.warning(
+            "%s-wal was deleted or replaced under this process (was %s, now %s): saving "
+            "its commits into the database and starting a new one",
+            self._path,
+            self._files["-wal"],
+            now["-wal"],
+        )
         self._generation += 1
         busy, frames, done = self._writer.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
         if busy or frames != done:
