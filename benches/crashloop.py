@@ -80,9 +80,11 @@ def base_collection(folder: Path, n: int) -> None:
         col.add(list(stdlib_docs(n)))
 
 
-def verify(
-    folder: Path, acked: dict[str, str | None], pending: list[dict[str, str | None]]
-) -> list[str]:
+#: A document id and its acknowledged text (None: acknowledged deleted).
+Acks = dict[str, str | None]
+
+
+def verify(folder: Path, acked: Acks, pending: list[Acks]) -> list[str]:
     """Open, check, and compare with what was acknowledged.
 
     ``acked`` maps an id to its acknowledged text (``None``: acknowledged deleted);
@@ -120,6 +122,18 @@ def verify(
     finally:
         col.close()
     return problems
+
+
+def settle(folder: Path, acked: Acks, pending: list[Acks]) -> None:
+    """What the check found for the batch in flight is the truth from now on: a document
+    there keeps its stored text (an upsert that landed, or a delete that did not), one
+    absent is deleted."""
+    from twostage.collection import Collection
+
+    with Collection.open(folder, read_only=True) as col:
+        for batch in pending:
+            for doc_id in batch:
+                acked[doc_id] = col.get([doc_id])[0].text if doc_id in col else None
 
 
 def keep_for_post_mortem(folder: Path, t: Trial) -> None:
@@ -246,13 +260,7 @@ def trial_writer(rng: random.Random, work: Path, t: Trial, state: dict[str, Any]
         t.note = "writer's last lines: " + " | ".join(x.strip() for x in lines[-12:])
         t.note += " || stderr: " + err.strip()[-600:]
         keep_for_post_mortem(folder, t)
-    # What the verification saw for the batch in flight is now the truth.
-    from twostage.collection import Collection
-
-    with Collection.open(folder, read_only=True) as col:
-        for batch in pending:
-            for doc_id, text in batch.items():
-                acked[doc_id] = text if doc_id in col else None
+    settle(folder, acked, pending)
     state["step"] = last + 2
 
 
@@ -345,12 +353,7 @@ def trial_http(rng: random.Random, work: Path, t: Trial, state: dict[str, Any]) 
     t.failures += verify(folder, acked, pending)
     if t.failures:
         keep_for_post_mortem(folder, t)
-    from twostage.collection import Collection
-
-    with Collection.open(folder, read_only=True) as col:
-        for batch in pending:
-            for doc_id, text in batch.items():
-                acked[doc_id] = text if doc_id in col else None
+    settle(folder, acked, pending)
     state["step"] += 1
 
 
