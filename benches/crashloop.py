@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twostage.evaluation import machine_info
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benches" / "out" / "crashloop"
 HOST = "127.0.0.1"
@@ -512,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benches/crashloop.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"nproc": os.cpu_count(), "cpu": _cpu()},
+        "machine": machine_info(),
         "seconds": round(time.time() - t_start, 1),
         "trials": [asdict(t) for t in trials],
         "failed": len(failed),
@@ -522,16 +524,6 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(report, indent=2))
     print(f"report: {path}")
     return 1 if failed else 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from twostage.evaluation import machine_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import load  # benches/load.py: collection, models, queries, the server process
@@ -238,16 +238,6 @@ def table(cells: list[Cell]) -> str:
     return "\n".join(rows)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -316,7 +306,7 @@ def main() -> int:
     text = (
         f"# Overload: twostage serve on loopback ({started:%Y-%m-%d %H:%M} UTC)\n\n"
         f"Command: `{cmd}`  \n"
-        f"Machine: nproc {os.cpu_count()}, {cpu_model()}; load average before / after: "
+        f"Machine: nproc {os.cpu_count()}, {machine_info()['cpu']}; load average before / after: "
         f"{load_before} / {load_after}.  \n"
         f"Collection: {col} ({docs} documents); {len(qs)} queries in turn; k=10; server "
         f"defaults depth {args.depth}, budget {args.budget_ms:.0f} ms; {args.workers} search "

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from twostage.evaluation import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": " ".join(["python benches/soak.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"nproc": os.cpu_count(), "cpu": _cpu()},
+        "machine": machine_info(),
         "rows": rows,
         "errors": sum(r["errors"] for r in rows),
         "error_samples": traffic.errors,
@@ -321,22 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.json) if args.json else OUT / f"soak-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
     plot = Path(args.svg) if args.svg else path.with_suffix(".svg")
-    svg(rows, plot, f"twostage soak {stamp}: {_cpu()}, {os.cpu_count()} cores")
+    svg(rows, plot, f"twostage soak {stamp}: {machine_info()['cpu']}, {os.cpu_count()} cores")
     print(
         f"errors {report['errors']}, RSS {first} -> {half} -> {last} MiB, check {problems or 'ok'}"
     )
     print(f"report: {path}  plot: {plot}")
     return 1 if report["errors"] or problems else 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
