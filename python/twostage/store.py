@@ -152,6 +152,14 @@ class DocStore:
         if check:
             _check_header(self._path)
         self._writer = self._connect()
+        try:
+            self._setup(check)
+        except BaseException:
+            self.close()  # a refused open leaves no connection behind
+            raise
+
+    def _setup(self, check: bool) -> None:
+        read_only = self.read_only
         self._files = self._file_ids()
         self._check_schema()
         try:
