@@ -48,7 +48,13 @@ import numpy as np
 from twostage._core import Index
 from twostage.document import Document
 from twostage.encoder import Encoder
-from twostage.errors import CorruptIndex, CorruptStore, EncoderMismatch, InvalidArgument
+from twostage.errors import (
+    CorruptIndex,
+    CorruptStore,
+    EncoderMismatch,
+    InvalidArgument,
+    ReadOnlyCollection,
+)
 from twostage.lexical import LexicalIndex
 from twostage.lock import WriterLock
 from twostage.store import DocStore, EmbeddingDtype, StoredDoc
@@ -371,9 +377,9 @@ class Collection:
         1
         """
         docs = _check_docs(docs)
+        self._check_writable()  # before the encoder spends its time on them
         if not docs:
             if meta:
-                self._check_writable()
                 self._store.set_meta(meta)
             return AddResult(0, 0, self._store.seq)
         contents = [d.content for d in docs]
@@ -610,9 +616,10 @@ class Collection:
     def _check_writable(self) -> None:
         self._check_open()
         if self._lock is None:
-            raise InvalidArgument(
-                f"collection {self._path} is open read-only: open it without read_only=True "
-                "(one writer per collection) to change it"
+            raise ReadOnlyCollection(
+                f"collection {self._path} is open read-only (one writer per collection): send "
+                "writes to the process that has it open for writing, or open it without "
+                "read_only=True"
             )
 
 

@@ -60,6 +60,10 @@ class CorruptStore(TwostageError, OSError):
     """A document store or collection manifest is unreadable, foreign or from another version."""
 
 
+class ReadOnlyCollection(InvalidArgument):
+    """A write to a collection opened ``read_only=True`` (another process holds the writer lock)."""
+
+
 class CollectionLocked(TwostageError, OSError):
     """Another process has the collection open for writing (one writer per collection)."""
 
@@ -106,6 +110,7 @@ __all__ = [
     "ModelError",
     "ModelNotFound",
     "ProviderUnavailable",
+    "ReadOnlyCollection",
     "ReadOnlyIndex",
     "TwostageError",
     "VersionConflict",

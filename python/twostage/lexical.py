@@ -26,8 +26,6 @@ it fail) and drop the English stop words Lucene's analyzer drops.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import json
 import os
 import re
@@ -36,11 +34,11 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tantivy
 
+from twostage._memory import release_memory
 from twostage.errors import CorruptIndex
 
 STATE = "state.json"
@@ -57,26 +55,6 @@ _LOCK_WAIT_S = 30.0
 # Indexes up to this size read every key back on open (about 20 ms per 10k documents here);
 # bigger ones rely on `twostage index check` and on each search, which names the damage.
 VERIFY_ON_OPEN_DOCS = 200_000
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        return None
-
-
-def release_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``; µs).
-
-    Each commit builds and drops a 64 MiB indexing arena, and glibc keeps what it freed:
-    measured, 900 small commits grew RSS by 100 MB without this and by 9 MB with it
-    (RELIABILITY.md, the soak).
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 def query_terms(text: str) -> list[str]:

@@ -879,7 +879,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def upsert_documents(body: DocumentsIn) -> dict[str, Any]:
         """Embed and upsert a batch (an id that exists is replaced), all or nothing."""
         _, col, _ = service.need()
-        _check_writable(settings)
         n = len(body.documents)
         if n > settings.max_batch_docs:
             raise ApiError(
@@ -907,7 +906,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def delete_document(doc_id: str) -> dict[str, Any]:
         """Delete one document; 404 ``not_found`` for an unknown id."""
         _, col, _ = service.need()
-        _check_writable(settings)
         with service.writes.admit():
             n = await service.run(service.write_pool, col.delete, [doc_id])
         return {"deleted": n, "documents": len(col)}
@@ -1082,16 +1080,6 @@ def _model_spec(body: ModelUpdateIn, role: str) -> ModelSpec:
         return ModelSpec("name", body.name, body.precision)
     assert body.path is not None
     return ModelSpec("path", body.path, body.precision)
-
-
-def _check_writable(settings: ServerSettings) -> None:
-    if settings.read_only:
-        raise ApiError(
-            409,
-            "read_only",
-            "this server serves its collection read-only (--read-only): send writes to the "
-            "process that has it open for writing",
-        )
 
 
 def _check_search(

@@ -72,6 +72,7 @@ _LIBRARY: list[tuple[type[BaseException], int, str]] = [
     (E.ProviderUnavailable, 422, "model_rejected"),
     (E.EncoderMismatch, 409, "encoder_mismatch"),
     (E.CollectionLocked, 409, "collection_locked"),
+    (E.ReadOnlyCollection, 409, "read_only"),
     (E.DimensionMismatch, 422, "invalid_argument"),
     (E.InvalidVector, 422, "invalid_argument"),
     (E.DuplicateKey, 422, "invalid_argument"),

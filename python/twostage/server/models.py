@@ -42,10 +42,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from twostage._memory import release_memory
 from twostage._models import BUILTINS
 from twostage.engine import Engine
 from twostage.errors import InvalidArgument
-from twostage.lexical import release_memory
 from twostage.reranker import Reranker
 from twostage.server.errors import ApiError, from_library
 from twostage.server.security import (
