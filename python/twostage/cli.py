@@ -558,20 +558,6 @@ def _index_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_reranker() -> str | None:
-    """The shipped reranker's built-in name, if this install has one."""
-    from twostage._models import BUILTINS
-
-    for name, b in BUILTINS.items():
-        if b.kind == "reranker":
-            try:
-                if b.source().exists():
-                    return name
-            except Exception:  # a missing optional package: no such default here
-                continue
-    return None
-
-
 def _parse_filter(items: Sequence[str]) -> dict[str, Any] | None:
     from twostage.errors import InvalidArgument
 
@@ -616,6 +602,7 @@ def render(resp: SearchResponse) -> str:
 
 def _search(args: argparse.Namespace) -> int:
     from twostage.collection import Collection
+    from twostage.config import default_reranker
     from twostage.engine import Engine
     from twostage.reranker import Reranker
 
@@ -650,6 +637,7 @@ def _search(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import shlex
 
+    from twostage.config import default_reranker
     from twostage.errors import InvalidArgument
     from twostage.evaluation import evaluate
 

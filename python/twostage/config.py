@@ -44,14 +44,31 @@ def _env_opt_float(name: str) -> float | None:
 FIRST_STAGES = ("dense", "bm25", "hybrid")
 #: The defaults when neither the config nor the reranker's twostage.json ``defaults`` say:
 #: the one place they are written (the CLI, ``Engine``, the server and the page read them
-#: through :meth:`twostage.engine.Engine.defaults`).
+#: through :meth:`twostage.engine.Engine.defaults`). This module sits below all of them.
 DEFAULT_FIRST_STAGE = "hybrid"
-#: The reranker ``Engine(collection)`` loads unless told ``reranker=None``.
+#: The reranker ``Engine(collection)``, ``twostage search``/``eval``/``serve`` and the demo
+#: load unless told otherwise (:func:`default_reranker`).
 DEFAULT_RERANKER = "twostage-rerank"
 DEFAULT_DEPTH = 50
 DEFAULT_BUDGET_MS = 150.0
 DEFAULT_CANDIDATES = 100
 FUSION_RULES = ("linear", "z")
+
+
+def default_reranker() -> str | None:
+    """:data:`DEFAULT_RERANKER` if this install has its files, else None (the first stage
+    answers alone): what every interface loads when the user names no reranker.
+
+    >>> default_reranker() in (DEFAULT_RERANKER, None)
+    True
+    """
+    from twostage._models import BUILTINS  # tokenizers: imported only when asked
+
+    built = BUILTINS.get(DEFAULT_RERANKER)
+    try:
+        return DEFAULT_RERANKER if built is not None and built.source().exists() else None
+    except Exception:  # a missing optional package: no such default here
+        return None
 
 
 def fusion_problem(rule: object, weight: float | None) -> str | None:
@@ -164,4 +181,5 @@ __all__ = [
     "DEFAULT_RERANKER",
     "FIRST_STAGES",
     "EngineConfig",
+    "default_reranker",
 ]

@@ -78,8 +78,9 @@ def write_stdlib_corpus(path: Path, limit: int) -> int:
 
 def search_demo(passages: int, out: Path | None, questions: list[str], depth: int | None) -> None:
     from twostage._models import cache_home
-    from twostage.cli import default_reranker, render
+    from twostage.cli import render
     from twostage.collection import Collection
+    from twostage.config import default_reranker
     from twostage.encoder import Encoder
     from twostage.engine import Engine
     from twostage.ingest import build

@@ -77,6 +77,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from twostage import __version__
 from twostage._models import BUILTINS
 from twostage.collection import Collection
+from twostage.config import default_reranker
 from twostage.document import Document
 from twostage.engine import Engine, SearchResponse
 from twostage.reranker import Reranker
@@ -322,8 +323,6 @@ class Service:
         col.embed_query("warm up the encoder")  # first-call kernel set-up, not a user's
         spec = s.reranker
         if spec is None:
-            from twostage.cli import default_reranker
-
             spec = default_reranker()
         rr: Reranker | None = None
         t1 = time.perf_counter()
