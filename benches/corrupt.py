@@ -197,7 +197,7 @@ def main() -> int:
 
     from twostage.collection import Collection
     from twostage.encoder import Encoder
-    from twostage.sources import stdlib_docs
+    from twostage.stdlib_docs import stdlib_docs
 
     logging.getLogger("twostage").setLevel(logging.ERROR)  # recoveries are counted, not logged
     rng = random.Random(args.seed)

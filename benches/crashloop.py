@@ -65,7 +65,7 @@ class Trial:
 
 
 def corpus(path: Path, n: int) -> Path:
-    from twostage.sources import stdlib_docs
+    from twostage.stdlib_docs import stdlib_docs
 
     with path.open("w", encoding="utf-8") as f:
         for d in stdlib_docs(n):
@@ -76,7 +76,7 @@ def corpus(path: Path, n: int) -> Path:
 def base_collection(folder: Path, n: int) -> None:
     from twostage.collection import Collection
     from twostage.encoder import Encoder
-    from twostage.sources import stdlib_docs
+    from twostage.stdlib_docs import stdlib_docs
 
     with Collection.create(folder, Encoder.load("minilm-l6")) as col:
         col.add(list(stdlib_docs(n)))

@@ -107,7 +107,7 @@ def collection(arg: str | None, quick: bool) -> Path:
     path = OUT / "stdlib"
     if not (path / "manifest.json").is_file():
         from twostage.collection import Collection
-        from twostage.sources import stdlib_docs
+        from twostage.stdlib_docs import stdlib_docs
 
         with Collection.create(path, Encoder.load("minilm-l6")) as col:
             col.add(list(stdlib_docs(500 if quick else 2000)))

@@ -58,7 +58,7 @@ def collection(work: Path, small: bool) -> tuple[Path, list[str]]:
             src = built.path
         shutil.copytree(src, folder, ignore=shutil.ignore_patterns("writer.lock"))
         return folder, list(ds.queries.values())
-    from twostage.sources import stdlib_docs
+    from twostage.stdlib_docs import stdlib_docs
 
     with Collection.create(folder, Encoder.load("minilm-l6")) as col:
         col.add(list(stdlib_docs(200 if small else 1000)))

@@ -46,7 +46,7 @@ def build_collection(folder: Path, docs: int = 30) -> tuple[Path, Path]:
     from tinyce import model_root
     from twostage.collection import Collection
     from twostage.encoder import Encoder
-    from twostage.sources import stdlib_docs
+    from twostage.stdlib_docs import stdlib_docs
 
     col = folder / "col"
     with Collection.create(col, Encoder.load("minilm-l6")) as c:

@@ -30,7 +30,7 @@ from twostage.config import EngineConfig  # noqa: E402
 from twostage.document import Document  # noqa: E402
 from twostage.encoder import Encoder  # noqa: E402
 from twostage.server import ServerSettings, create_app  # noqa: E402
-from twostage.sources import stdlib_docs  # noqa: E402
+from twostage.stdlib_docs import stdlib_docs  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver") or (

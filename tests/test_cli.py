@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from twostage.cli import main
-from twostage.sources import stdlib_docs
+from twostage.stdlib_docs import stdlib_docs
 
 CMD = [sys.executable, "-m", "twostage"]
 

@@ -22,7 +22,7 @@ from twostage.errors import (
     InvalidArgument,
     KeyNotFound,
 )
-from twostage.sources import stdlib_docs
+from twostage.stdlib_docs import stdlib_docs
 from twostage.store import DocStore
 
 

@@ -25,7 +25,7 @@ from twostage.encoder import Encoder
 from twostage.engine import Engine, _Cancel
 from twostage.errors import InvalidArgument
 from twostage.reranker import Reranker
-from twostage.sources import stdlib_docs
+from twostage.stdlib_docs import stdlib_docs
 
 QUERY = "how do I compress data with gzip"
 

@@ -33,7 +33,7 @@ from twostage.engine import Engine
 from twostage.interleave import Interleaving, outcome, sign_test
 from twostage.reranker import Reranker
 from twostage.server import ServerSettings, create_app
-from twostage.sources import stdlib_docs
+from twostage.stdlib_docs import stdlib_docs
 
 K, DEPTH = 6, 20
 CE2 = {"path": "ce2", "precision": "fp32"}

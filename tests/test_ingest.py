@@ -21,7 +21,7 @@ from twostage.collection import Collection
 from twostage.encoder import Encoder
 from twostage.errors import IngestError
 from twostage.ingest import build
-from twostage.sources import stdlib_docs
+from twostage.stdlib_docs import stdlib_docs
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from twostage.engine import Engine
 from twostage.errors import CorruptIndex, InvalidArgument
 from twostage.lexical import LexicalIndex, query_terms
 from twostage.reranker import Reranker
-from twostage.sources import stdlib_docs
+from twostage.stdlib_docs import stdlib_docs
 from twostage.store import DocStore
 
 SCIFACT = SHARED / "data" / "scifact"

@@ -44,7 +44,7 @@ from twostage.errors import InvalidArgument
 from twostage.reranker import Pairs, Reranker
 from twostage.server import Batcher, ServerSettings, create_app, read_token
 from twostage.server.models import ndcg_at_10
-from twostage.sources import stdlib_docs
+from twostage.stdlib_docs import stdlib_docs
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -28,7 +28,7 @@ from twostage.collection import Collection
 from twostage.config import EngineConfig
 from twostage.encoder import Encoder
 from twostage.reranker import Reranker
-from twostage.sources import stdlib_docs
+from twostage.stdlib_docs import stdlib_docs
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ def ann_demo(n: int, dim: int = 384, n_queries: int = 200, k: int = 10) -> None:
 
 def write_stdlib_corpus(path: Path, limit: int) -> int:
     """The stdlib documentation passages as BEIR JSONL (written once, then reused)."""
-    from twostage.sources import stdlib_docs
+    from twostage.stdlib_docs import stdlib_docs
 
     if path.is_file():
         with open(path) as f:
