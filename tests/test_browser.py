@@ -103,7 +103,7 @@ def test_type_a_query_and_see_results(
         "queue",
         "encode",
         "ann",
-        "lexical",
+        "bm25",
         "fetch",
         "rerank",
         "total",

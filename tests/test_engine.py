@@ -120,7 +120,7 @@ def test_first_stage_alone(col: Collection, rr_a: Reranker) -> None:
     b = eng.search(QUERY, k=8, depth=0)
     for resp in (a, b):
         assert not resp.degraded and resp.reranker_version is None and resp.scored == 0
-        assert [h.first_stage_rank for h in resp.hits] == list(range(8))
+        assert [h.first_stage_rank for h in resp.hits] == list(range(1, 9))
         assert not any(h.reranked for h in resp.hits)
         assert [h.score for h in resp.hits] == [h.first_stage_score for h in resp.hits]
     assert [h.id for h in a.hits] == [h.id for h in b.hits]
@@ -135,7 +135,7 @@ def test_zero_budget_is_the_first_stage_degraded(col: Collection, rr_a: Reranker
     resp = eng.search(QUERY, k=10, depth=20, budget_ms=0)
     assert resp.degraded and "budget" in (resp.degraded_reason or "")
     assert resp.scored == 0 and not any(h.reranked for h in resp.hits)
-    assert [h.first_stage_rank for h in resp.hits] == list(range(10))
+    assert [h.first_stage_rank for h in resp.hits] == list(range(1, 11))
 
 
 def long_docs(col: Collection, n: int = 1000) -> list[str]:
@@ -161,10 +161,10 @@ def test_budget_scores_a_prefix_in_first_stage_order(col: Collection, rr_a: Rera
     assert resp.timings.total < 150 + 100  # it stopped at the budget, not after the work
     # Scored: the first candidates, in front; the rest keep their first-stage order.
     scored = [h for h in resp.hits if h.reranked]
-    assert sorted(h.first_stage_rank for h in scored) == list(range(resp.scored))
+    assert sorted(h.first_stage_rank for h in scored) == list(range(1, resp.scored + 1))
     assert [h.reranked for h in resp.hits[: resp.scored]] == [True] * resp.scored
     rest = [h.first_stage_rank for h in resp.hits[resp.scored :]]
-    assert rest == list(range(resp.scored, len(resp.hits)))
+    assert rest == list(range(resp.scored + 1, len(resp.hits) + 1))
 
 
 def test_a_hung_run_is_cancelled_at_the_deadline(col: Collection, rr_deep: Reranker) -> None:
@@ -232,7 +232,7 @@ def test_reranker_failures_fall_back_never_raise(col: Collection, tmp_path: Path
     eng = Engine(col, reranker=Exploding.load(folder), config=unlimited())
     resp = eng.search(QUERY, k=10, depth=30)
     assert resp.degraded and "provider crashed" in (resp.degraded_reason or "")
-    assert len(resp.hits) == 10 and [h.first_stage_rank for h in resp.hits] == list(range(10))
+    assert len(resp.hits) == 10 and [h.first_stage_rank for h in resp.hits] == list(range(1, 11))
     eng2 = Engine(col, reranker=None, config=unlimited())
     with pytest.raises(InvalidArgument, match="non-finite"):
         eng2.swap_reranker(NaNScores.load(folder))  # refused at the warm-up: never installed
@@ -383,7 +383,7 @@ def test_z_fusion_standardises_both_scores_per_query(col: Collection, rr_a: Rera
     ]
     only_fs = Engine(col, reranker=rr_a, config=unlimited(fusion_weight=1.0, fusion_rule="z"))
     assert [h.first_stage_rank for h in only_fs.search(QUERY, k=30, depth=30).hits] == list(
-        range(30)
+        range(1, 31)
     )
     with pytest.raises(InvalidArgument, match="share"):
         EngineConfig(fusion_weight=20.0, fusion_rule="z")

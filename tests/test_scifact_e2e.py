@@ -158,7 +158,7 @@ def test_cli_search_and_info(collection_dir: Path) -> None:
     assert done.returncode == 0, done.stderr
     resp = json.loads(done.stdout)
     assert len(resp["hits"]) == 3
-    assert set(resp["timings"]) == {"encode", "ann", "lexical", "fetch", "rerank", "total"}
+    assert set(resp["timings"]) == {"encode", "ann", "bm25", "fetch", "rerank", "total"}
     assert resp["first_stage"] == "hybrid"  # the shipped reranker's default
     if resp["candidates"]:  # a reranker is installed: a zero budget leaves it no time
         assert resp["degraded"] and not any(h["reranked"] for h in resp["hits"])

@@ -170,11 +170,11 @@ def test_search_answer(shared: httpx.Client, versions: dict[str, str]) -> None:
     assert all(h["reranked"] and h["reranker_version"] == versions["ce1"] for h in body["hits"])
     scores = [h["score"] for h in body["hits"]]
     assert scores == sorted(scores, reverse=True)
-    assert set(body["timings"]) == {"queue", "encode", "ann", "lexical", "fetch", "rerank", "total"}
+    assert set(body["timings"]) == {"queue", "encode", "ann", "bm25", "fetch", "rerank", "total"}
     assert body["models"]["reranker"] == versions["ce1"]
     assert body["models"]["encoder"].startswith("minilm-l6@")
     first = shared.post("/search", json={"query": QUERY, "k": 5, "rerank": False}).json()
-    assert [h["first_stage_rank"] for h in first["hits"]] == list(range(5))
+    assert [h["first_stage_rank"] for h in first["hits"]] == list(range(1, 6))
     assert first["reranker_version"] is None and not any(h["reranked"] for h in first["hits"])
     zero = shared.post("/search", json={"query": QUERY, "k": 3, "depth": 5, "budget_ms": 0})
     assert zero.status_code == 200 and zero.json()["degraded"]  # degraded, never an error

@@ -218,14 +218,19 @@ def _parser() -> argparse.ArgumentParser:
             "queries.jsonl, qrels/<split>.tsv): NDCG@10, MRR@10, MAP@100, Recall@10/100/1000 "
             "(ir-measures), paired significance tests, TREC run files, and the depth curve "
             "with measured latency, from which the depth this machine affords is read. "
-            "Collections are built once (ingest pipeline) and cached."
+            "The collection searched: --collection DIR, else the --data folder itself when "
+            "it holds one, else one built once (ingest pipeline) into the cache "
+            "($TWOSTAGE_HOME/eval, --collections) and reused; a collection is used only if "
+            "it holds the corpus's ids and the encoder asked for (else it says why)."
         ),
         epilog=(
             "examples:\n"
             "  twostage eval --data scifact/ --out eval-out/\n"
             "  twostage eval --data scifact/ --data cranfield/ --first-stage dense,bm25,hybrid \\\n"
             "      --depths 10,20,50,100,200 --reranker twostage-rerank --out eval-out/\n"
-            "  twostage eval --data scifact/ --reranker none --first-stage bm25"
+            "  twostage eval --data scifact/ --reranker none --first-stage bm25\n"
+            "  twostage eval --data scifact/ --collection scifact-idx/ --out eval-out/\n"
+            "  twostage eval --data arguana/ --ignore-self --out eval-out/"
         ),
     )
     _fmt(ev)
@@ -248,10 +253,54 @@ def _parser() -> argparse.ArgumentParser:
         default=30,
         help="queries timed at each depth (0: no latency measurement)",
     )
-    ev.add_argument("--collections", default=None, help="cache of built collections")
+    ev.add_argument(
+        "--collection",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="the collection to search for the n-th --data (repeatable), instead of "
+        "building one: it must hold the corpus's ids and the encoder asked for. A --data "
+        "folder that holds a collection (index build --out into it) is used the same way",
+    )
+    ev.add_argument(
+        "--collections",
+        default=None,
+        metavar="DIR",
+        help="where collections built for evaluation are cached (default "
+        "$TWOSTAGE_HOME/eval, i.e. ~/.cache/twostage/eval)",
+    )
+    ev.add_argument(
+        "--encoder",
+        default=None,
+        help="bi-encoder, built-in name or model folder (default: a reused collection's "
+        "own, else minilm-l6)",
+    )
+    ev.add_argument("--precision", default="int8", choices=["int8", "fp32"])
+    selfm = ev.add_mutually_exclusive_group()
+    selfm.add_argument(
+        "--ignore-self",
+        dest="ignore_self",
+        action="store_const",
+        const=True,
+        default=None,
+        help="drop each query's own document (the one with the query's id) from its "
+        "rankings, as BEIR does for ArguAna and Quora. Default: on where the queries are "
+        "documents of the corpus (same id and text)",
+    )
+    selfm.add_argument(
+        "--keep-self",
+        dest="ignore_self",
+        action="store_const",
+        const=False,
+        help="never drop a query's own document",
+    )
     ev.add_argument("--out", default=None, help="report folder: runs/, results.json, report.md")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress (default: a bar on a terminal, a line every 10 s elsewhere)",
+    )
 
     # ---- serve ----
     sv = sub.add_parser(
@@ -581,21 +630,24 @@ def render(resp: SearchResponse) -> str:
         else "first stage only" + (f" ({'; '.join(resp.notes)})" if resp.notes else "")
     )
     lines.append(how + (f"  DEGRADED: {resp.degraded_reason}" if resp.degraded else ""))
-    lines.append(f"{'#':>3}  {'score':>7}  {'1st':>4}  {'id':<22} title / snippet")
+    lines.append(f"{'#':>3}  {'score':>7}  {'model':>7}  {'1st':>4}  {'id':<22} title / snippet")
     for n, h in enumerate(resp.hits, start=1):
         mark = "*" if h.reranked else " "
         title = h.title or h.snippet[:60]
+        model = "-" if h.reranker_score is None else f"{h.reranker_score:.3f}"
         lines.append(
-            f"{n:>3}  {h.score:>7.3f}{mark} {h.first_stage_rank + 1:>4}  "
+            f"{n:>3}  {h.score:>7.3f}{mark} {model:>7}  {h.first_stage_rank:>4}  "
             f"{h.id[:22]:<22} {title[:60]}"
         )
     lines.append(
-        f"timings (ms): encode {t.encode:.1f}  ann {t.ann:.1f}  bm25 {t.lexical:.1f}  "
+        f"timings (ms): encode {t.encode:.1f}  ann {t.ann:.1f}  bm25 {t.bm25:.1f}  "
         f"fetch {t.fetch:.1f}  rerank {t.rerank:.1f}  total {t.total:.1f}  "
         f"({resp.first_stage} first stage)"
     )
     lines.append(
-        "* = reranked (score: the reranker fused with the first stage); 1st = first-stage rank"
+        "score = the final score (* reranked: the cross-encoder fused with the first-stage "
+        "signals; else the first stage's); model = the cross-encoder's own output; "
+        "1st = first-stage rank"
     )
     return "\n".join(lines)
 
@@ -660,9 +712,14 @@ def _eval(args: argparse.Namespace) -> int:
         budget_ms=args.budget_ms,
         latency_queries=args.latency_queries if specs else 0,
         collections=args.collections,
+        collection=args.collection,
+        encoder=args.encoder,
+        precision=args.precision,
+        ignore_self=args.ignore_self,
         out=args.out,
         seed=args.seed,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=False if args.no_progress else None,
+        notes=lambda msg: print(msg, file=sys.stderr, flush=True),
         command="twostage eval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
         if sys.argv[1:2] == ["eval"]
         else "",
@@ -677,9 +734,11 @@ def _eval(args: argparse.Namespace) -> int:
             )
         for rr in specs:
             for fs in stages:
-                fit = ds.affordable_depth(rr, fs)
                 if ds.latency.get(rr):
-                    print(f"  {fs}+{rr}: deepest depth within {args.budget_ms:.0f} ms p99: {fit}")
+                    print(
+                        f"  {fs}+{rr}: deepest depth within {args.budget_ms:.0f} ms p99: "
+                        f"{ds.affordable_text(rr, fs)}"
+                    )
     if args.out:
         print(f"report: {Path(args.out) / 'report.md'}")
     return 0

@@ -107,10 +107,13 @@ class LRUCache(Generic[K, V]):
 class Hit:
     """One result.
 
-    ``score`` is the reranker's score when ``reranked`` (fused with the first-stage
-    similarity when the model or the config asks for it: :func:`fuse`,
-    :attr:`EngineConfig.fusion_weight`), else the first-stage score; the scales differ, so
-    compare scores only among hits with the same ``reranked``. ``first_stage_score`` is the
+    ``score`` is the final score, the one hits are ordered by: when ``reranked``, the
+    reranker's output fused with the first-stage signals as the model or the config says
+    (:func:`fuse`, :mod:`twostage.fusion`, :attr:`EngineConfig.fusion_weight`), else the
+    first-stage score; the scales differ, so compare scores only among hits with the same
+    ``reranked``. ``reranker_score`` is the cross-encoder's own output (a one-label head's
+    logit, else P(relevant)), before any fusion; None when not reranked. ``first_stage_rank`` counts from 1, as every
+    interface shows it (the CLI, the page, the JSON). ``first_stage_score`` is the
     first stage's own score: the dense similarity (``1 - distance`` for cos/ip,
     ``-distance`` for l2), BM25, or the reciprocal-rank fusion score (hybrid). Fusion always
     uses the dense similarity, computed from the stored embedding for lexical candidates.
@@ -119,7 +122,7 @@ class Hit:
     id: str
     score: float
     first_stage_score: float
-    first_stage_rank: int  # 0-based rank among the first-stage candidates
+    first_stage_rank: int  # rank among the first-stage candidates, from 1 (the top one)
     reranked: bool
     reranker_version: str | None  # the model that scored it (None when not reranked)
     title: str
@@ -134,7 +137,7 @@ class Timings:
 
     encode: float = 0.0
     ann: float = 0.0
-    lexical: float = 0.0  # the BM25 search (bm25 and hybrid first stages)
+    bm25: float = 0.0  # the BM25 search (bm25 and hybrid first stages)
     fetch: float = 0.0
     rerank: float = 0.0
     total: float = 0.0
@@ -543,7 +546,7 @@ class Engine:
                     id=d.id,
                     score=float(s) if s is not None else first[pos],
                     first_stage_score=first[pos],
-                    first_stage_rank=pos,
+                    first_stage_rank=pos + 1,
                     reranked=s is not None,
                     reranker_version=rr_version if s is not None else None,
                     title=d.title,
@@ -560,7 +563,7 @@ class Engine:
             timings=Timings(
                 encode=(t_enc - t0) * ms,
                 ann=t_ann * ms,
-                lexical=t_lex * ms,
+                bm25=t_lex * ms,
                 fetch=(t_fetch - t_enc - t_ann - t_lex) * ms,
                 rerank=(t_rr - t_fetch) * ms,
                 total=(t_end - t0) * ms,

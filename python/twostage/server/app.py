@@ -161,21 +161,27 @@ class SearchIn(BaseModel):
 
 class HitOut(BaseModel):
     id: str
-    score: float
+    score: float = Field(
+        description="the final score hits are ordered by: when reranked, the reranker's "
+        "output fused with the first-stage signals; else the first-stage score"
+    )
     first_stage_score: float
-    first_stage_rank: int
+    first_stage_rank: int = Field(description="rank in the first stage's list, from 1")
     reranked: bool
     reranker_version: str | None
     title: str
     snippet: str
     metadata: dict[str, Any] | None = None
+    reranker_score: float | None = Field(
+        None, description="the cross-encoder's own output before fusion (null: not reranked)"
+    )
 
 
 class TimingsOut(BaseModel):
     queue: float = Field(description="waiting for a search thread (counts against the budget)")
     encode: float
     ann: float
-    lexical: float = Field(description="the BM25 search (bm25 and hybrid first stages)")
+    bm25: float = Field(description="the BM25 search (bm25 and hybrid first stages)")
     fetch: float
     rerank: float
     total: float

@@ -84,7 +84,7 @@ class Metrics:
         )
         self.stage = Histogram(
             "twostage_search_stage_seconds",
-            "Search time per stage (encode, ann, fetch, rerank, total)",
+            "Search time per stage (encode, ann, bm25, fetch, rerank, total)",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -170,7 +170,7 @@ class Metrics:
     def observe_search(self, resp: SearchResponse) -> None:
         """Stage timings, reranked or not, and the degradation class of one answer."""
         t = resp.timings
-        for stage in ("encode", "ann", "lexical", "fetch", "rerank", "total"):
+        for stage in ("encode", "ann", "bm25", "fetch", "rerank", "total"):
             self.stage.labels(stage=stage).observe(getattr(t, stage) / 1000.0)
         self.searches.labels(reranked=str(resp.reranker_version is not None).lower()).inc()
         if resp.degraded:

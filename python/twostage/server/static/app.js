@@ -37,8 +37,11 @@ function render(resp) {
       hit.reranked ? "reranked" : "first stage"));
     li.append(head);
     li.append(el("div", "snippet", hit.snippet));
+    // score: the final one (reranked: the cross-encoder fused with the first-stage signals);
+    // model: the cross-encoder's own output. Ranks count from 1, as in the JSON and the CLI.
+    const model = hit.reranker_score == null ? "" : ` (model ${hit.reranker_score.toFixed(3)})`;
     li.append(el("div", "meta",
-      `score ${hit.score.toFixed(3)} · first-stage rank ${hit.first_stage_rank + 1}` +
+      `score ${hit.score.toFixed(3)}${model} · first-stage rank ${hit.first_stage_rank}` +
       ` (${hit.first_stage_score.toFixed(3)}) · id ${hit.id}`));
     list.append(li);
   }
