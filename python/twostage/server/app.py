@@ -59,6 +59,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -722,6 +723,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         "hot-swappable models. Every error is {'error': {'code', 'message'}}.",
         lifespan=lifespan,
         responses=errors,
+        # /docs is served below from local assets (no CDN: it works offline); no ReDoc.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
 
@@ -1046,6 +1050,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         )
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _mount_docs(app)
     # Outermost, so that refused bodies and errors are counted too.
     app.add_middleware(Edge, service=service)
 
@@ -1074,6 +1079,38 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
         app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+#: Where /docs loads Swagger UI's script, style and icon from: this server.
+DOCS_ASSETS = "/docs-assets"
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """``GET /docs``: Swagger UI from the ``swagger-ui-bundle`` package's files, served here
+    (``/docs-assets/...``), so the page works with no network. Without that package (an
+    install without the server extra), ``/docs`` says so and points to ``/openapi.json``."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        swagger_ui_path = None
+    if swagger_ui_path is not None:
+        app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        if swagger_ui_path is None:
+            return HTMLResponse(
+                "<!doctype html><title>twostage API</title><p>The interactive API docs need "
+                "the swagger-ui-bundle package (the server extra). The schema: "
+                '<a href="/openapi.json">/openapi.json</a>.</p>'
+            )
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
 
 def _model_spec(body: ModelUpdateIn, role: str) -> ModelSpec:
