@@ -599,17 +599,13 @@ def run_interleaved(
 
 
 def quality(series: Series, qrels: dict[str, dict[str, int]], cutoff: int = 10) -> dict[str, float]:
-    import ir_measures
-    from ir_measures import R, nDCG
+    from twostage.metrics import aggregate, per_query
 
-    run = {
-        qid: {d: float(len(ids) - r) for r, d in enumerate(ids)} for qid, ids in series.hits.items()
-    }
-    measures = [nDCG @ cutoff]
+    measures = [f"nDCG@{cutoff}"]
     if series.config.depth == 0 and series.config.kwargs.get("k", 10) >= 100:
-        measures.append(R @ 100)
-    got = ir_measures.calc_aggregate(measures, {q: qrels[q] for q in run}, run)
-    return {str(k): float(v) for k, v in got.items()}
+        measures.append("R@100")
+    # Over the queries this series asked (the project's one NDCG: twostage.metrics).
+    return aggregate(per_query({q: qrels[q] for q in series.hits}, series.hits, measures))
 
 
 def rerank_work(

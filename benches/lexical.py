@@ -126,7 +126,7 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--out", type=Path, default=Path("benches/out/lexical.json"))
     args = ap.parse_args()
-    import ir_measures
+    from twostage.metrics import aggregate, per_query
 
     ids, texts, queries, qrels = load(args.data)
     sizes = [1] + ([args.scale] if args.scale > 1 else [])
@@ -157,11 +157,9 @@ def main() -> int:
                 a = np.asarray(lat[s.name])
                 row = {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99))}
                 if n == 1:
-                    m = ir_measures.calc_aggregate(
-                        [ir_measures.nDCG @ 10, ir_measures.R @ 100], qrels, runs[s.name]
-                    )
-                    row["ndcg10"] = float(m[ir_measures.nDCG @ 10])
-                    row["r100"] = float(m[ir_measures.R @ 100])
+                    m = aggregate(per_query(qrels, runs[s.name], ("nDCG@10", "R@100")))
+                    row["ndcg10"] = m["nDCG@10"]
+                    row["r100"] = m["R@100"]
                 results[s.name][f"docs={len(corpus)}"] = row
     machine = {
         "cpu": platform.processor(),

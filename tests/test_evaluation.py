@@ -180,10 +180,12 @@ def test_evaluation_writes_runs_results_report_and_plot(adi_eval: tuple[Path, ob
 def test_a_depth_d_run_reorders_only_the_first_stage_top_d(adi_eval: tuple[Path, object]) -> None:
     out, ev = adi_eval
     (ds,) = ev.datasets  # type: ignore[attr-defined]
+    files = {c.name: out / c.run_file for c in ds.configs}
+    assert files["dense"] == out / "runs" / "adi" / "dense.trec.gz"
     for fs in ("dense", "bm25", "hybrid"):
-        first = read_trec(out / "runs" / "adi" / f"{fs}.trec")
+        first = read_trec(files[fs])
         for d in (5, 10):
-            reranked = read_trec(out / "runs" / "adi" / f"{fs}+twostage-rerank_at{d}.trec")
+            reranked = read_trec(files[f"{fs}+twostage-rerank@{d}"])
             assert set(reranked) == set(first)
             for q, docs in first.items():
                 assert set(reranked[q][:d]) == set(docs[:d]), (fs, d, q)
@@ -217,7 +219,8 @@ def test_cli_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "adi (test, 35 queries, 82 documents)" in out and "bm25" in out
-    assert (tmp_path / "o" / "runs" / "adi" / "bm25.trec").is_file()
+    assert (tmp_path / "o" / "runs" / "adi" / "bm25.trec.gz").is_file()
+    assert "None" not in out
     assert not (tmp_path / "o" / "adi-depth.png").exists()  # nothing reranked: no curve
     assert main(["eval", "--data", str(ADI), "--depths", "10,x"]) == 1
     assert "--depths must be comma-separated integers" in capsys.readouterr().err

@@ -443,11 +443,11 @@ def test_mixed_sessions_interleaved(enc_int8: Encoder, ce_dir: Path) -> None:
 
 
 def _ndcg_at_10(scores: np.ndarray, doc_ids: list[str], qrels: dict[str, int]) -> float:
+    """The project's one NDCG (twostage.metrics, ir-measures) of the top 10 by score."""
+    from twostage.metrics import ndcg10
+
     top = np.argsort(-scores, kind="stable")[:10]
-    dcg = sum(qrels.get(doc_ids[j], 0) / math.log2(r + 2) for r, j in enumerate(top))
-    ideal = sorted(qrels.values(), reverse=True)[:10]
-    idcg = sum(g / math.log2(r + 2) for r, g in enumerate(ideal))
-    return dcg / idcg if idcg else 0.0
+    return ndcg10({"q": qrels}, {"q": [doc_ids[j] for j in top]})
 
 
 def load_scifact() -> tuple[list[str], list[str], list[str], list[dict[str, int]]]:

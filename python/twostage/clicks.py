@@ -215,23 +215,15 @@ def _dedupe(ranking: Sequence[str], k: int) -> tuple[str, ...]:
 
 
 def ndcg10(qrels: Qrels, run: Runs) -> tuple[float, dict[str, float]]:
-    """Mean NDCG@10 (ir-measures, trec_eval's definition) over every query in ``qrels``.
+    """Mean NDCG@10 over every query in ``qrels``, and the per-query values:
+    :func:`twostage.metrics.per_query` (ir-measures, trec_eval's definition).
 
-    ``run`` maps query → ranked document ids; a query it lacks scores 0. Returns the mean and
-    the per-query values.
+    ``run`` maps query → ranked document ids (a repeated id keeps its first place); a query
+    it lacks scores 0.
     """
-    import ir_measures
+    from twostage.metrics import per_query
 
-    scored = {
-        q: {d: float(len(docs) - i) for i, d in enumerate(_dedupe(docs, len(docs)))}
-        for q, docs in run.items()
-        if q in qrels and docs
-    }
-    judged = {q: {d: int(g) for d, g in rel.items()} for q, rel in qrels.items()}
-    per = {q: 0.0 for q in qrels}
-    if scored:
-        for m in ir_measures.iter_calc([ir_measures.nDCG @ 10], judged, scored):
-            per[m.query_id] = float(m.value)
+    per = per_query(qrels, run, ("nDCG@10",))["nDCG@10"]
     return (sum(per.values()) / len(per) if per else 0.0), per
 
 

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -151,12 +151,19 @@ class Encoder(OnnxModel):
 
     # ---- the pipeline ----
     def encode(
-        self, texts: Sequence[str], *, batch_size: int = 32, kind: TextKind = "document"
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        kind: TextKind = "document",
+        on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Embed ``texts``: float32 ``[len(texts), dim]``, rows in input order.
 
         ``kind="query"`` applies the model's query prefix (if any). Texts are batched by
         length and padded per batch, so the cost follows the real token counts.
+        ``on_batch`` is called with the number of texts of each batch once it is embedded
+        (progress).
 
         >>> Encoder.load("minilm-l6").encode(["hello", "world"]).shape  # doctest: +SKIP
         (2, 384)
@@ -165,6 +172,8 @@ class Encoder(OnnxModel):
         out = np.empty((len(ids), self._dim), dtype=np.float32)
         for batch in self.batches(ids, batch_size):
             out[batch.rows] = self.postprocess(self.run(batch), batch)
+            if on_batch is not None:
+                on_batch(len(batch.rows))
         return out
 
 

@@ -2,19 +2,32 @@
 
 On any BEIR-layout folder (``corpus.jsonl[.gz]``, ``queries.jsonl``, ``qrels/<split>.tsv``;
 only queries judged in the split count), through the same :class:`~twostage.engine.Engine`
-that serves: the collection is built with the ingest pipeline (and cached), each first stage
-(dense, bm25, hybrid) retrieves 1,000 candidates per query, and each reranker scores the top
-``max(depths)`` of them once; the run at a smaller depth reranks only that prefix and keeps
-the rest in first-stage order, exactly what ``Engine.search(depth=d)`` returns with no budget.
+that serves. The collection searched is, in this order: the one given for the dataset
+(``collection=``, ``--collection``), the folder itself when it holds one (``twostage index
+build --out`` into it), else one built by the ingest pipeline into a cache
+(``$TWOSTAGE_HOME/eval``, or ``collections=``) and reused from there. A given or found
+collection is used only if it holds exactly the corpus's ids and was embedded by the encoder
+asked for; otherwise the reason is said and the cache is used.
 
-Metrics come from ir-measures (trec_eval's definitions through pytrec_eval): NDCG@10,
-MRR@10 (``RR@10``), MAP@100 (``AP@100``), Recall@10/100/1000. A judged query with no result
-counts as 0 (ir-measures alone would leave it out of the mean). Paired significance per
-query: Student's paired t-test and a paired randomization (sign-flip) test from scipy.
+Each first stage (dense, bm25, hybrid) retrieves 1,000 candidates per query, and each
+reranker scores the top ``max(depths)`` of them once; the run at a smaller depth reranks only
+that prefix and keeps the rest in first-stage order, exactly what ``Engine.search(depth=d)``
+returns with no budget. Collections whose queries are also documents (ArguAna, Quora) can
+drop each query's own document from its rankings (``ignore_self``), as BEIR's evaluation
+does.
+
+Metrics come from :mod:`twostage.metrics` (ir-measures, trec_eval's definitions): NDCG@10,
+MRR@10 (``RR@10``), MAP@100 (``AP@100``), Recall@10/100/1000; a judged query with no result
+counts as 0. Paired significance per query: Student's paired t-test and a paired
+randomization (sign-flip) test.
 
 Latency at each depth is measured on a sample of queries, depths interleaved per query, with
 the engine's caches off and no budget: the whole cost of reranking that many candidates. The
 depth this machine affords is the deepest whose p99 stays within the budget.
+
+Modules: :mod:`twostage.beir` reads data and writes runs, :mod:`twostage.metrics` scores,
+:mod:`twostage.results` holds what was measured, :mod:`twostage.report` writes it up; this
+module runs the searches and imports them all (none imports it).
 
 >>> from twostage.evaluation import evaluate
 >>> result = evaluate(["scifact/"], depths=[10, 20, 50])  # doctest: +SKIP
@@ -24,268 +37,74 @@ depth this machine affords is the deepest whose p99 stays within the budget.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
 import os
 import random
+import re
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from twostage.beir import Dataset, corpus_ids, read_qrels, read_trec, write_trec
 from twostage.config import FIRST_STAGES, EngineConfig
 from twostage.errors import InvalidArgument
+from twostage.machine import machine_info
+from twostage.metrics import (
+    MEASURES,
+    Qrels,
+    Ranking,
+    Run,
+    Significance,
+    aggregate,
+    as_run,
+    paired_test,
+    per_query,
+)
+from twostage.progress import Progress
+from twostage.report import write_report
+from twostage.results import Config, DatasetResult, Evaluation, short_name
 
 log = logging.getLogger("twostage")
 
-Run = dict[str, dict[str, float]]  # query id -> document id -> score (higher is better)
-Qrels = dict[str, dict[str, int]]
-Ranking = dict[str, list[str]]  # query id -> document ids, best first
-
-#: The measures every report shows, in ir-measures' notation (RR@10 is MRR@10, AP@100 MAP@100).
-MEASURES = ("nDCG@10", "RR@10", "AP@100", "R@10", "R@100", "R@1000")
 CANDIDATES = 1000  # first-stage candidates per query (for Recall@1000)
 DEFAULT_DEPTHS = (10, 20, 50, 100, 200)
+DEFAULT_ENCODER = "minilm-l6"
 
-
-# ---- data ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A BEIR-layout test collection: the judged queries of one split and their qrels."""
-
-    name: str
-    path: Path
-    split: str
-    corpus: Path
-    queries: dict[str, str]
-    qrels: Qrels
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike[str], split: str = "test") -> Dataset:
-        """Read ``folder``'s queries and ``qrels/<split>.tsv`` (the corpus is streamed later).
-
-        Raises ``FileNotFoundError`` naming what is missing, ``InvalidArgument`` for a
-        malformed qrels row.
-        """
-        path = Path(folder)
-        corpus = next(
-            (path / n for n in ("corpus.jsonl", "corpus.jsonl.gz") if (path / n).is_file()),
-            None,
-        )
-        if corpus is None:
-            raise FileNotFoundError(f"{path}: no corpus.jsonl or corpus.jsonl.gz (BEIR layout)")
-        qrels_file = path / "qrels" / f"{split}.tsv"
-        if not qrels_file.is_file():
-            have = sorted(p.stem for p in (path / "qrels").glob("*.tsv"))
-            raise FileNotFoundError(f"{qrels_file} not found (splits here: {have or 'none'})")
-        qrels = read_qrels(qrels_file)
-        queries: dict[str, str] = {}
-        with _open_text(path / "queries.jsonl") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    qid, text = str(row["_id"]), str(row["text"])
-                except (ValueError, KeyError, TypeError) as e:
-                    raise InvalidArgument(f"{path / 'queries.jsonl'} line {n}: {e}") from e
-                if qid in qrels:
-                    queries[qid] = text
-        missing = [q for q in qrels if q not in queries]
-        if missing:
-            log.warning("%s: %d judged queries have no text: %s", path, len(missing), missing[:5])
-            qrels = {q: r for q, r in qrels.items() if q in queries}
-        if not qrels:
-            raise InvalidArgument(f"{qrels_file}: no judged query has a text in queries.jsonl")
-        return cls(path.name, path, split, corpus, queries, qrels)
-
-
-def read_qrels(path: str | os.PathLike[str]) -> Qrels:
-    """Qrels as ``{q: {doc: grade}}``: BEIR TSV (``query-id corpus-id score``, with a
-    header) or TREC (``qid 0 doc grade``)."""
-    qrels: Qrels = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            row = line.rstrip("\r\n").split("\t") if "\t" in line else line.split()
-            if not row or not row[0] or (n == 1 and row[0] == "query-id"):
-                continue
-            if len(row) == 4:  # TREC: qid iteration doc grade
-                row = [row[0], row[2], row[3]]
-            if len(row) != 3:
-                raise InvalidArgument(
-                    f"{path} line {n}: expected 'qid doc grade' (BEIR) or 'qid 0 doc grade' (TREC)"
-                )
-            try:
-                grade = int(float(row[2]))
-            except ValueError:
-                raise InvalidArgument(
-                    f"{path} line {n}: grade {row[2]!r} is not a number"
-                ) from None
-            qrels.setdefault(row[0], {})[row[1]] = grade
-    return qrels
-
-
-def _open_text(path: Path) -> Any:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
-
-
-# ---- TREC runs ----------------------------------------------------------------------------
-
-
-def write_trec(ranking: Ranking, path: str | os.PathLike[str], tag: str) -> None:
-    """Write ``ranking`` as a TREC run (``qid Q0 doc rank score tag``), scores by rank.
-
-    The score is ``len(list) - rank``, so every tool that re-sorts by score (trec_eval
-    breaks ties by document id) reads exactly this order.
-    """
-    if not tag or any(c.isspace() for c in tag):
-        raise InvalidArgument(f"run tag must be one word, not {tag!r}")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(f"{path}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for qid in sorted(ranking):
-            docs = ranking[qid]
-            for rank, doc in enumerate(docs, 1):
-                f.write(f"{qid} Q0 {doc} {rank} {len(docs) - rank + 1} {tag}\n")
-    os.replace(tmp, path)
-
-
-def read_trec(path: str | os.PathLike[str]) -> Ranking:
-    """A TREC run file as ``{qid: [doc, ...]}``, ordered by score (ties by rank column)."""
-    rows: dict[str, list[tuple[float, int, str]]] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise InvalidArgument(f"{path} line {n}: expected 6 fields, got {len(parts)}")
-            try:
-                rank, score = int(parts[3]), float(parts[4])
-            except ValueError:
-                raise InvalidArgument(f"{path} line {n}: rank/score are not numbers") from None
-            rows.setdefault(parts[0], []).append((-score, rank, parts[2]))
-    return {q: [d for *_, d in sorted(r)] for q, r in rows.items()}
-
-
-def as_run(ranking: Ranking) -> Run:
-    """Scores that reproduce ``ranking``'s order exactly (strictly decreasing by rank)."""
-    return {q: {d: float(len(docs) - i) for i, d in enumerate(docs)} for q, docs in ranking.items()}
-
-
-# ---- metrics and significance -------------------------------------------------------------
-
-
-def per_query(
-    qrels: Qrels, ranking: Ranking, measures: Sequence[str] = MEASURES
-) -> dict[str, dict[str, float]]:
-    """``{measure: {qid: value}}`` over every judged query (a query with no result is 0)."""
-    import ir_measures
-
-    parsed = [ir_measures.parse_measure(m) for m in measures]
-    out: dict[str, dict[str, float]] = {m: dict.fromkeys(qrels, 0.0) for m in measures}
-    names = {str(p): m for p, m in zip(parsed, measures, strict=True)}
-    run = {q: r for q, r in as_run(ranking).items() if q in qrels and r}
-    for row in ir_measures.iter_calc(parsed, qrels, run):
-        out[names[str(row.measure)]][row.query_id] = float(row.value)
-    return out
-
-
-def aggregate(values: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """The mean of each measure over its queries."""
-    return {m: float(np.mean(list(v.values()))) if v else 0.0 for m, v in values.items()}
-
-
-@dataclass(frozen=True)
-class Significance:
-    """A paired comparison of two runs on one measure (B minus A)."""
-
-    measure: str
-    mean_a: float
-    mean_b: float
-    delta: float
-    p_ttest: float
-    p_randomization: float
-    queries: int
-    wins: int  # queries where B is better
-    losses: int
-
-    @property
-    def significant(self) -> bool:
-        """Both tests agree at p < 0.05."""
-        return self.p_ttest < 0.05 and self.p_randomization < 0.05
-
-
-def paired_test(
-    a: Mapping[str, float],
-    b: Mapping[str, float],
-    measure: str = "nDCG@10",
-    *,
-    resamples: int = 10_000,
-    seed: int = 0,
-) -> Significance:
-    """Paired t-test and randomization test of per-query values ``b`` against ``a``.
-
-    >>> s = paired_test({"1": 0.1, "2": 0.2, "3": 0.3}, {"1": 0.2, "2": 0.3, "3": 0.5})
-    >>> round(s.delta, 3), s.wins, s.losses
-    (0.133, 3, 0)
-    """
-    from scipy import stats
-
-    qids = sorted(set(a) | set(b))
-    x = np.array([a.get(q, 0.0) for q in qids])
-    y = np.array([b.get(q, 0.0) for q in qids])
-    d = y - x
-    if len(qids) < 2 or not np.any(d):
-        p_t = p_r = 1.0
-    else:
-        if np.allclose(d, d[0]):  # no variance: the t statistic is infinite
-            p_t = 0.0
-        else:
-            p_t = float(stats.ttest_rel(y, x).pvalue)
-        perm = stats.permutation_test(
-            (d,),
-            np.mean,
-            permutation_type="samples",
-            n_resamples=resamples,
-            alternative="two-sided",
-            random_state=np.random.default_rng(seed),
-        )
-        p_r = float(perm.pvalue)
-    return Significance(
-        measure=measure,
-        mean_a=float(x.mean()) if len(x) else 0.0,
-        mean_b=float(y.mean()) if len(y) else 0.0,
-        delta=float(d.mean()) if len(d) else 0.0,
-        p_ttest=p_t,
-        p_randomization=p_r,
-        queries=len(qids),
-        wins=int((d > 0).sum()),
-        losses=int((d < 0).sum()),
-    )
+Notes = Callable[[str], None]
 
 
 # ---- runs from the engine -----------------------------------------------------------------
 
 
 def first_stage_ranking(
-    engine: Any, queries: Mapping[str, str], first_stage: str, k: int = CANDIDATES
+    engine: Any,
+    queries: Mapping[str, str],
+    first_stage: str,
+    k: int = CANDIDATES,
+    *,
+    progress: bool | None = False,
+    desc: str = "",
 ) -> tuple[Ranking, float]:
     """Each query's top ``k`` from one first stage, and the seconds it took."""
     t0 = time.perf_counter()
     out: Ranking = {}
-    for qid, text in queries.items():
-        resp = engine.search(text, k=k, rerank=False, first_stage=first_stage)
-        out[qid] = [h.id for h in resp.hits]
+    with Progress(
+        desc or f"{first_stage} first stage",
+        len(queries),
+        unit="queries",
+        progress=progress,
+        leave=False,
+    ) as bar:
+        for qid, text in queries.items():
+            resp = engine.search(text, k=k, rerank=False, first_stage=first_stage)
+            out[qid] = [h.id for h in resp.hits]
+            bar.update(1)
     return out, time.perf_counter() - t0
 
 
@@ -296,7 +115,8 @@ def reranked_rankings(
     depths: Sequence[int],
     k: int = CANDIDATES,
     *,
-    progress: bool = False,
+    progress: bool | None = False,
+    desc: str = "",
 ) -> tuple[dict[int, Ranking], float]:
     """Rankings at each rerank depth from one reranked search per query at the deepest.
 
@@ -306,18 +126,22 @@ def reranked_rankings(
     deepest = max(depths)
     out: dict[int, Ranking] = {d: {} for d in depths}
     t0 = time.perf_counter()
-    items = list(queries.items())
-    bar = _bar(len(items), f"rerank {first_stage}@{deepest}", progress)
-    for qid, text in items:
-        resp = engine.search(text, k=max(k, deepest), depth=deepest, first_stage=first_stage)
-        if resp.degraded:
-            raise RuntimeError(f"query {qid}: reranking degraded ({resp.degraded_reason})")
-        by_rank = sorted(resp.hits, key=lambda h: h.first_stage_rank)
-        for d in depths:
-            top = sorted(by_rank[:d], key=lambda h: (-h.score, h.first_stage_rank))
-            out[d][qid] = [h.id for h in top] + [h.id for h in by_rank[d:k]]
-        bar.update(1)
-    bar.close()
+    with Progress(
+        desc or f"rerank {first_stage}@{deepest}",
+        len(queries),
+        unit="queries",
+        progress=progress,
+        leave=False,
+    ) as bar:
+        for qid, text in queries.items():
+            resp = engine.search(text, k=max(k, deepest), depth=deepest, first_stage=first_stage)
+            if resp.degraded:
+                raise RuntimeError(f"query {qid}: reranking degraded ({resp.degraded_reason})")
+            by_rank = sorted(resp.hits, key=lambda h: h.first_stage_rank)
+            for d in depths:
+                top = sorted(by_rank[:d], key=lambda h: (-h.score, h.first_stage_rank))
+                out[d][qid] = [h.id for h in top] + [h.id for h in by_rank[d:k]]
+            bar.update(1)
     return out, time.perf_counter() - t0
 
 
@@ -327,6 +151,9 @@ def depth_latency(
     first_stages: Sequence[str],
     depths: Sequence[int],
     k: int = 10,
+    *,
+    progress: bool | None = False,
+    desc: str = "latency",
 ) -> dict[str, dict[int, list[float]]]:
     """End-to-end milliseconds per query for each first stage and depth.
 
@@ -340,68 +167,160 @@ def depth_latency(
     if queries:
         for fs in first_stages:  # warm each path once
             engine.search(queries[0], k=k, depth=max(depths), first_stage=fs)
-    for i, text in enumerate(queries):
-        r = i % len(cells)
-        for fs, d in cells[r:] + cells[:r]:
-            resp = engine.search(text, k=k, depth=d, first_stage=fs)
-            out[fs][d].append(resp.timings.total)
+    with Progress(
+        desc, len(queries) * len(cells), unit="searches", progress=progress, leave=False
+    ) as bar:
+        for i, text in enumerate(queries):
+            r = i % len(cells)
+            for fs, d in cells[r:] + cells[:r]:
+                resp = engine.search(text, k=k, depth=d, first_stage=fs)
+                out[fs][d].append(resp.timings.total)
+                bar.update(1)
     return out
 
 
+def drop_self(ranking: Mapping[str, Sequence[str]]) -> Ranking:
+    """Each query's ranking without the document whose id is the query's id (BEIR's
+    ``ignore_identical_ids``: for collections whose queries are also documents)."""
+    return {q: [d for d in docs if d != q] for q, docs in ranking.items()}
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def self_matches(ds: Dataset, col: Any) -> tuple[int, int]:
+    """``(same id, same text)``: how many judged queries have a document with their id, and
+    how many of those documents are the query itself (equal texts, or one holding the
+    other, whitespace and case aside)."""
+    ids = [q for q in ds.queries if q in col]
+    same_text = 0
+    for i in range(0, len(ids), 512):
+        part = ids[i : i + 512]
+        for q, doc in zip(part, col.get(part), strict=True):
+            qt, dt = _norm(ds.queries[q]), _norm(doc.text)
+            short = min(len(qt), len(dt))
+            if qt == dt or (short >= 10 and (qt in dt or dt in qt)):
+                same_text += 1
+    return len(ids), same_text
+
+
+# ---- which collection to search -------------------------------------------------------------
+
+
+def collections_home(cache: str | os.PathLike[str] | None = None) -> Path:
+    """Where evaluation caches the collections it builds: ``cache``, else
+    ``$TWOSTAGE_HOME/eval`` (``~/.cache/twostage/eval``)."""
+    from twostage._models import cache_home
+
+    return Path(cache).expanduser() if cache is not None else cache_home() / "eval"
+
+
+def _encoder_label(e: Mapping[str, Any]) -> str:
+    return f"{e.get('name', '?')} ({e.get('precision', '?')})"
+
+
+def check_collection(
+    folder: str | os.PathLike[str], ds: Dataset, encoder: Any | None = None
+) -> tuple[Any | None, str]:
+    """Open the collection in ``folder`` read-only if it holds exactly ``ds``'s corpus ids
+    and was embedded by ``encoder`` (any encoder when None): ``(collection, "")``;
+    otherwise ``(None, why not)``. Ids and count are compared, not texts."""
+    from twostage.collection import Collection, read_manifest
+
+    path = Path(folder)
+    try:
+        manifest = read_manifest(path)
+    except Exception as e:
+        return None, f"it is not a readable collection ({e})"
+    made_by = manifest.get("encoder", {})
+    if encoder is not None and made_by.get("fingerprint") != encoder.fingerprint:
+        return None, (
+            f"it was embedded by {_encoder_label(made_by)}, and this evaluation asks for "
+            f"{encoder.name} ({encoder.precision})"
+        )
+    try:
+        col = Collection.open(path, encoder, read_only=True)
+    except Exception as e:
+        return None, f"it could not be opened ({e})"
+    try:
+        have = set(col.store.ids())
+        want = set(corpus_ids(ds.corpus))
+    except Exception:
+        col.close()
+        raise
+    if have != want:
+        col.close()
+        missing, extra = sorted(want - have), sorted(have - want)
+        parts = [f"it holds {len(have):,} documents and {ds.corpus.name} has {len(want):,} ids"]
+        if missing:
+            parts.append(f"{len(missing):,} of the corpus's are not in it (e.g. {missing[0]!r})")
+        if extra:
+            parts.append(f"{len(extra):,} of its are not in the corpus (e.g. {extra[0]!r})")
+        return None, "; ".join(parts)
+    return col, ""
+
+
+def collection_for(
+    ds: Dataset,
+    cache: str | os.PathLike[str] | None = None,
+    *,
+    progress: bool | None = False,
+    encoder: Any | None = None,
+    given: str | os.PathLike[str] | None = None,
+    notes: Notes | None = None,
+) -> Any:
+    """The collection to evaluate ``ds`` on, opened read-only.
+
+    ``given`` (a collection folder) must match the corpus (:func:`check_collection`) or
+    ``InvalidArgument`` says why. Otherwise ``ds``'s own folder is used when it holds a
+    matching collection; when it holds one that does not match, ``notes`` hears why and the
+    cache is used: under ``cache`` (default ``$TWOSTAGE_HOME/eval``), one folder per
+    dataset, corpus identity (path, size, modification time) and encoder, built by the
+    ingest pipeline on first use (an interrupted build resumes) and reused after.
+    ``encoder`` None: a given or found collection's own encoder, else MiniLM (int8).
+    """
+    from twostage import ingest
+    from twostage.collection import MANIFEST, Collection
+    from twostage.encoder import Encoder
+
+    say: Notes = notes or log.info
+    if given is not None:
+        col, why = check_collection(given, ds, encoder)
+        if col is None:
+            raise InvalidArgument(
+                f"{given} cannot be used for {ds.name}: {why}. Drop --collection to build "
+                "one from the corpus"
+            )
+        say(f"{ds.name}: searching {given} ({len(col):,} documents, {col.encoder.name}): reused")
+        return col
+    if (ds.path / MANIFEST).is_file():
+        col, why = check_collection(ds.path, ds, encoder)
+        if col is not None:
+            say(
+                f"{ds.name}: searching the collection in {ds.path} ({len(col):,} documents, "
+                f"{col.encoder.name} {col.encoder.precision}): reused, nothing re-embedded"
+            )
+            return col
+        say(f"{ds.name}: not reusing the collection in {ds.path}: {why}")
+    root = collections_home(cache)
+    encoder = encoder or Encoder.load(DEFAULT_ENCODER)
+    st = ds.corpus.stat()
+    ident = f"{ds.corpus.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    if encoder.name != DEFAULT_ENCODER or encoder.precision != "int8":
+        ident += f":{encoder.fingerprint}"  # the default keeps the cache names it always had
+    folder = root / f"{ds.name}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+    built = (folder / MANIFEST).is_file()
+    say(
+        f"{ds.name}: {'using the cached' if built else 'building a'} collection in {folder} "
+        f"(evaluation's cache: {root}; --collections DIR moves it, --collection DIR "
+        "names a collection to search instead)"
+    )
+    ingest.build(ds.corpus, folder, encoder=encoder, progress=progress)
+    return Collection.open(folder, encoder, read_only=True)
+
+
 # ---- the whole evaluation -----------------------------------------------------------------
-
-
-@dataclass
-class Config:
-    """One evaluated configuration: a first stage, optionally a reranker at a depth."""
-
-    name: str
-    first_stage: str
-    reranker: str | None = None
-    depth: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    run_file: str = ""
-
-
-@dataclass
-class DatasetResult:
-    """Everything measured on one dataset."""
-
-    name: str
-    split: str
-    queries: int
-    documents: int
-    configs: list[Config]
-    latency: dict[str, dict[str, dict[int, dict[str, float]]]]  # reranker -> stage -> depth
-    comparisons: list[dict[str, Any]]
-    seconds: dict[str, float]
-    budget_ms: float
-
-    def table(self) -> dict[str, dict[str, float]]:
-        """``{configuration name: {measure: value}}``."""
-        return {c.name: c.metrics for c in self.configs}
-
-    def affordable_depth(self, reranker: str, first_stage: str) -> int | None:
-        """The deepest measured depth whose p99 latency fits the budget (None: none does)."""
-        lat = self.latency.get(reranker, {}).get(first_stage, {})
-        fits = [d for d, v in lat.items() if v["p99"] <= self.budget_ms]
-        return max(fits) if fits else None
-
-
-@dataclass
-class Evaluation:
-    """The result of :func:`evaluate` (also written as results.json)."""
-
-    datasets: list[DatasetResult]
-    depths: list[int]
-    first_stages: list[str]
-    rerankers: list[str]
-    command: str
-    machine: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return asdict(self)
 
 
 def evaluate(
@@ -415,9 +334,14 @@ def evaluate(
     budget_ms: float = 150.0,
     latency_queries: int = 30,
     collections: str | os.PathLike[str] | None = None,
+    collection: Sequence[str | os.PathLike[str] | None] | None = None,
+    encoder: str | None = None,
+    precision: str = "int8",
+    ignore_self: bool | None = None,
     out: str | os.PathLike[str] | None = None,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool | None = None,
+    notes: Notes | None = None,
     command: str = "",
 ) -> Evaluation:
     """Evaluate first stages and rerankers on BEIR folders; write runs and a report to ``out``.
@@ -432,8 +356,21 @@ def evaluate(
         budget_ms: the latency budget the affordable depth is judged against.
         latency_queries: queries sampled (seeded) for the latency at each depth; 0: skip.
         collections: where built collections are cached (default ``$TWOSTAGE_HOME/eval``).
+        collection: per dataset, a collection folder to search (None: find or build one);
+            see :func:`collection_for`.
+        encoder: the bi-encoder (built-in name or folder) a collection must be embedded by;
+            None: a found collection's own, else MiniLM.
+        ignore_self: drop each query's own document (the one with the query's id) from its
+            rankings. None (auto): on for a dataset where most queries that share an id
+            with a document share its text too (the query is that document: ArguAna,
+            Quora); ids alone decide nothing (ADI's queries 1-35 and documents 1-82 are
+            unrelated).
         out: the report folder (runs/, results.json, report.md, PNG plots); None: no files.
+        progress: ``False``: quiet; otherwise bars on a terminal, periodic lines elsewhere.
+        notes: hears what was decided (the collection used or built, self-matches);
+            default: the ``twostage`` logger.
     """
+    from twostage.encoder import Encoder
     from twostage.engine import Engine
     from twostage.reranker import Reranker
 
@@ -445,17 +382,27 @@ def evaluate(
     for fs in first_stages:
         if fs not in FIRST_STAGES:
             raise InvalidArgument(f"first stage must be one of {FIRST_STAGES}, not {fs!r}")
+    given = list(collection or [])
+    if len(given) > len(datasets):
+        raise InvalidArgument(
+            f"{len(given)} collections given for {len(datasets)} datasets: one per --data at most"
+        )
+    given += [None] * (len(datasets) - len(given))
     loaded = [Dataset.load(p, split) for p in datasets]  # fail on bad input before any work
     models = {spec: Reranker.load(spec) for spec in rerankers}
+    enc = Encoder.load(encoder, precision=precision) if encoder else None  # type: ignore[arg-type]
     cfg_kw: dict[str, Any] = dict(
         budget_ms=1e9, max_query_chars=1_000_000, max_k=CANDIDATES, max_depth=CANDIDATES
     )
     if fusion_weight is not None:
         cfg_kw["fusion_weight"] = fusion_weight
+    say: Notes = notes or log.info
     out_dir = Path(out) if out is not None else None
     results = []
-    for ds in loaded:
-        col = collection_for(ds, collections, progress=progress)
+    for ds, folder in zip(loaded, given, strict=True):
+        col = collection_for(
+            ds, collections, progress=progress, encoder=enc, given=folder, notes=say
+        )
         try:
             results.append(
                 _evaluate_one(
@@ -471,6 +418,9 @@ def evaluate(
                     seed,
                     out_dir,
                     progress,
+                    ignore_self,
+                    say,
+                    reused=folder is not None or Path(col.path).resolve() == ds.path.resolve(),
                 )
             )
         finally:
@@ -484,12 +434,32 @@ def evaluate(
         machine=machine_info(),
     )
     if out_dir is not None:
-        from twostage.report import write_report
-
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "results.json").write_text(json.dumps(ev.to_dict(), indent=1))
         write_report(ev, out_dir)
     return ev
+
+
+def _decide_ignore_self(
+    ds: Dataset, col: Any, ignore_self: bool | None, say: Notes
+) -> tuple[bool, int]:
+    same_id, same_text = self_matches(ds, col)
+    if ignore_self is None:
+        on = same_id > 0 and same_text * 2 >= same_id
+        if on:
+            say(
+                f"{ds.name}: {same_text:,} of {len(ds.queries):,} queries are documents of the "
+                "corpus (same id, same text): each query's own document is left out of its "
+                "rankings, as BEIR does (--keep-self to keep it)"
+            )
+        elif same_id:
+            say(
+                f"{ds.name}: {same_id:,} query ids are also document ids, but only "
+                f"{same_text:,} of those documents are the query's text: self-matches are kept "
+                "(--ignore-self drops them)"
+            )
+        return on, same_id
+    return ignore_self, same_id
 
 
 def _evaluate_one(
@@ -504,15 +474,23 @@ def _evaluate_one(
     latency_queries: int,
     seed: int,
     out_dir: Path | None,
-    progress: bool,
+    progress: bool | None,
+    ignore_self: bool | None,
+    say: Notes,
+    *,
+    reused: bool,
 ) -> DatasetResult:
+    skip_self, same_id = _decide_ignore_self(ds, col, ignore_self, say)
+    keep: Callable[[Ranking], Ranking] = drop_self if skip_self else (lambda r: r)
     configs: list[Config] = []
     rankings: dict[str, Ranking] = {}
     seconds: dict[str, float] = {}
     base = engine_cls(col, reranker=None, config=EngineConfig(**cfg_kw, score_cache_size=0))
     for fs in first_stages:
-        ranking, took = first_stage_ranking(base, ds.queries, fs)
-        rankings[fs] = ranking
+        ranking, took = first_stage_ranking(
+            base, ds.queries, fs, progress=progress, desc=f"{ds.name}: {fs}"
+        )
+        rankings[fs] = keep(ranking)
         seconds[fs] = took
         configs.append(Config(fs, fs))
     latency: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
@@ -524,11 +502,18 @@ def _evaluate_one(
         # that dense and bm25 both fetch is scored once.
         eng = engine_cls(col, reranker=rr, config=EngineConfig(**cfg_kw))
         for fs in first_stages:
-            by_depth, took = reranked_rankings(eng, ds.queries, fs, depths, progress=progress)
+            by_depth, took = reranked_rankings(
+                eng,
+                ds.queries,
+                fs,
+                depths,
+                progress=progress,
+                desc=f"{ds.name}: {fs}+{short_name(spec)}@{max(depths)}",
+            )
             seconds[f"{fs}+{spec}"] = took
             for d, ranking in by_depth.items():
-                name = f"{fs}+{_short(spec)}@{d}"
-                rankings[name] = ranking
+                name = f"{fs}+{short_name(spec)}@{d}"
+                rankings[name] = keep(ranking)
                 configs.append(Config(name, fs, spec, d))
         if sample:
             lat_kw = {**cfg_kw, "budget_ms": 1e9}
@@ -537,18 +522,30 @@ def _evaluate_one(
                 reranker=rr,
                 config=EngineConfig(**lat_kw, score_cache_size=0, query_cache_size=0),
             )
-            ms = depth_latency(lat_eng, [ds.queries[q] for q in sample], first_stages, depths)
+            ms = depth_latency(
+                lat_eng,
+                [ds.queries[q] for q in sample],
+                first_stages,
+                depths,
+                progress=progress,
+                desc=f"{ds.name}: latency of {short_name(spec)}",
+            )
             latency[spec] = {fs: {d: _dist(v) for d, v in by.items()} for fs, by in ms.items()}
     per: dict[str, dict[str, dict[str, float]]] = {}
+    written: dict[str, str] = {}  # ranking digest -> run file, so equal runs share one file
     for c in configs:
         per[c.name] = per_query(ds.qrels, rankings[c.name])
         c.metrics = aggregate(per[c.name])
         for d in depths:  # the recall of the candidates a depth-d rerank sees
             c.metrics.setdefault(f"R@{d}", _recall_at(ds.qrels, rankings[c.name], d))
         if out_dir is not None:
-            path = out_dir / "runs" / ds.name / f"{c.name.replace('@', '_at')}.trec"
-            write_trec(rankings[c.name], path, f"twostage-{c.name.replace('@', '_at')}")
-            c.run_file = str(path.relative_to(out_dir))
+            digest = _digest(rankings[c.name])
+            if digest not in written:
+                tag = f"twostage-{c.name.replace('@', '_at')}"
+                path = out_dir / "runs" / ds.name / f"{c.name.replace('@', '_at')}.trec.gz"
+                write_trec(rankings[c.name], path, tag)
+                written[digest] = str(path.relative_to(out_dir))
+            c.run_file = written[digest]
     comparisons = _comparisons(configs, per, first_stages, list(models), depths, seed)
     return DatasetResult(
         name=ds.name,
@@ -560,7 +557,22 @@ def _evaluate_one(
         comparisons=comparisons,
         seconds=seconds,
         budget_ms=budget_ms,
+        collection=str(col.path),
+        collection_reused=reused,
+        encoder=f"{col.encoder.name} ({col.encoder.precision})",
+        ignore_self=skip_self,
+        self_matches=same_id,
     )
+
+
+def _digest(ranking: Mapping[str, Sequence[str]]) -> str:
+    h = hashlib.sha256()
+    for q in sorted(ranking):
+        h.update(q.encode())
+        h.update(b"\0")
+        h.update("\t".join(ranking[q]).encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def _comparisons(
@@ -581,7 +593,7 @@ def _comparisons(
             pairs.append(("reranking", c.first_stage, c.name))
     for fs in first_stages:
         for d in depths:
-            names = [f"{fs}+{_short(r)}@{d}" for r in rerankers]
+            names = [f"{fs}+{short_name(r)}@{d}" for r in rerankers]
             for i, a in enumerate(names):
                 for b in names[i + 1 :]:
                     pairs.append(("rerankers", a, b))
@@ -611,70 +623,6 @@ def _dist(ms: Sequence[float]) -> dict[str, float]:
     }
 
 
-def _short(spec: str) -> str:
-    return Path(spec).name if os.sep in spec else spec
-
-
-def collection_for(
-    ds: Dataset, cache: str | os.PathLike[str] | None = None, *, progress: bool = False
-) -> Any:
-    """The dataset's collection, built by the ingest pipeline on first use and then reused.
-
-    Cached under ``cache`` (default ``$TWOSTAGE_HOME/eval``) by dataset name and corpus
-    identity (path, size, modification time); an interrupted build resumes.
-    """
-    from twostage import ingest
-    from twostage._models import cache_home
-    from twostage.collection import Collection
-
-    root = Path(cache) if cache is not None else cache_home() / "eval"
-    st = ds.corpus.stat()
-    ident = f"{ds.corpus.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    folder = root / f"{ds.name}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
-    ingest.build(ds.corpus, folder, progress=progress)
-    return Collection.open(folder, read_only=True)
-
-
-def machine_info() -> dict[str, Any]:
-    """What the figures were measured on."""
-    import platform
-
-    import onnxruntime
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(total: int, desc: str, show: bool) -> Any:
-    if not show:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="q", leave=False)
-
-
 __all__ = [
     "CANDIDATES",
     "DEFAULT_DEPTHS",
@@ -683,11 +631,17 @@ __all__ = [
     "Dataset",
     "DatasetResult",
     "Evaluation",
+    "Qrels",
+    "Ranking",
+    "Run",
     "Significance",
     "aggregate",
     "as_run",
+    "check_collection",
     "collection_for",
+    "collections_home",
     "depth_latency",
+    "drop_self",
     "evaluate",
     "first_stage_ranking",
     "machine_info",
@@ -696,5 +650,6 @@ __all__ = [
     "read_qrels",
     "read_trec",
     "reranked_rankings",
+    "self_matches",
     "write_trec",
 ]

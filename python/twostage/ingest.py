@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from twostage.collection import MANIFEST, Collection
 from twostage.document import Document
 from twostage.encoder import Encoder
 from twostage.errors import IngestError, InvalidArgument
+from twostage.progress import Progress, progress_mode
 from twostage.sources import count_lines, read_corpus
 
 OnError = Literal["skip", "fail"]
@@ -112,7 +112,9 @@ def build(
             a new ``out``).
         chunk_size: lines per commit: the most a kill can lose.
         snapshot_every: documents between index snapshots (replay on open covers the rest).
-        progress: a progress bar on stderr (default: when stderr is a terminal).
+        progress: ``False``: silent. Otherwise (the default) progress on stderr per
+            encoded batch: a bar on a terminal, elsewhere a line every
+            ``$TWOSTAGE_PROGRESS_INTERVAL`` seconds (10) with docs/s and the time left.
         on_chunk: called with the last committed line after each chunk (tests, UIs).
 
     >>> build("corpus.jsonl", "docs/", on_error="fail")  # doctest: +SKIP
@@ -195,8 +197,7 @@ def build(
             },
         )
 
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = _progress(src, report.resumed_from, show)
+    bar = _progress(src, report.resumed_from, progress)
     chunk: list[Document] = []
     chunk_end = 0  # the last line number the chunk being filled may hold
     last_seen = report.resumed_from
@@ -216,10 +217,12 @@ def build(
             last_seen = rec.line
             if rec.line > chunk_end:
                 if chunk_end:
-                    since_snapshot += _commit(col, chunk, chunk_end, report, batch_size)
+                    since_snapshot += _commit(
+                        col, chunk, chunk_end, report, batch_size, on_batch=bar.update
+                    )
                     if on_chunk is not None:
                         on_chunk(chunk_end)
-                    bar(report.lines)
+                    bar.advance_to(report.lines)
                 chunk = []
                 chunk_end = ((rec.line - 1) // chunk_size + 1) * chunk_size
                 if since_snapshot >= snapshot_every:
@@ -234,8 +237,8 @@ def build(
                     bar.write(f"line {rec.line}: {rec.error} (skipped)")
                 continue
             chunk.append(rec.doc)
-        _commit(col, chunk, last_seen, report, batch_size, complete=True)
-        bar(report.lines)
+        _commit(col, chunk, last_seen, report, batch_size, complete=True, on_batch=bar.update)
+        bar.advance_to(report.lines)
         col.flush()
     finally:
         bar.close()
@@ -252,8 +255,12 @@ def _commit(
     batch_size: int,
     *,
     complete: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> int:
-    """Embed one chunk and commit it with the ingest progress, in one transaction."""
+    """Embed one chunk and commit it with the ingest progress, in one transaction.
+
+    ``on_batch`` hears of each encoded batch (its size), so progress moves within a chunk.
+    """
     last = {d.id: i for i, d in enumerate(docs)}
     repeats = len(docs) - len(last)
     docs = [docs[i] for i in sorted(last.values())]
@@ -269,8 +276,26 @@ def _commit(
         "ingest.errors": str(report.errors),
         "ingest.complete": "1" if complete else "0",
     }
-    col.add(docs, batch_size=batch_size, meta=meta)
+    _embed_and_add(col, docs, batch_size, meta=meta, on_batch=on_batch)
     return len(docs)
+
+
+def _embed_and_add(
+    col: Collection,
+    docs: list[Document],
+    batch_size: int,
+    *,
+    meta: dict[str, str] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> None:
+    """``col.add`` with a callback per encoded batch (the same vectors: the same encoder
+    call with the same batches)."""
+    if not docs:
+        col.add(docs, meta=meta)
+        return
+    contents = [d.content for d in docs]
+    vectors = col.encoder.encode(contents, batch_size=batch_size, on_batch=on_batch)
+    col.add_embedded(docs, vectors, col.encoder.token_ids(contents), meta=meta)
 
 
 def _restore(report: IngestReport, get: Callable[[str, str], str]) -> None:
@@ -280,43 +305,14 @@ def _restore(report: IngestReport, get: Callable[[str, str], str]) -> None:
     report.errors = int(get("ingest.errors", "0"))
 
 
-class _Bar:
-    """A tqdm bar over corpus lines, or a no-op; ``write`` prints above the bar."""
-
-    def __init__(self, total: int | None, initial: int, show: bool) -> None:
-        self._bar = None
-        if show:
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=total, initial=initial, unit=" lines", dynamic_ncols=True, smoothing=0.1
-            )
-        self._n = initial
-
-    def __call__(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.update(n - self._n)
-        self._n = n
-
-    def write(self, msg: str) -> None:
-        if self._bar is not None:
-            self._bar.write(msg, file=sys.stderr)
-        else:
-            print(msg, file=sys.stderr)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _progress(src: Path, initial: int, show: bool) -> _Bar:
+def _progress(src: Path, initial: int, progress: bool | None) -> Progress:
     total = None
-    if show:
+    if progress_mode(progress) != "off":
         # A damaged gzip stream: no total, and read_corpus raises its OSError after the
-        # records before the damage (which get indexed), as it would without a bar.
+        # records before the damage (which get indexed), as it would without progress.
         with contextlib.suppress(OSError):
             total = count_lines(src)
-    return _Bar(total, initial, show)
+    return Progress("index build", total, unit="docs", initial=initial, progress=progress)
 
 
 @dataclass
@@ -391,7 +387,7 @@ def reembed(
             )
         report = ReembedReport(str(src_dir), str(out_dir), f"{encoder.name} ({encoder.precision})")
         with dst:
-            bar = _Bar(len(src), 0, sys.stderr.isatty() if progress is None else progress)
+            bar = Progress("re-embed", len(src), unit="docs", progress=progress)
             ids: list[str] = []
             seen = 0
 
@@ -400,10 +396,10 @@ def reembed(
                 todo = [i for i in ids if i not in dst]
                 report.resumed += len(ids) - len(todo)
                 if todo:
-                    dst.add(src.get(todo), batch_size=batch_size)
+                    _embed_and_add(dst, src.get(todo), batch_size, on_batch=bar.update)
                     report.embedded += len(todo)
                 seen += len(ids)
-                bar(seen)
+                bar.advance_to(seen)
                 ids.clear()
 
             for doc_id in src.store.ids():

@@ -4,6 +4,9 @@ For each dataset: every configuration's metrics with its paired test against its
 stage; per first stage and reranker, the depth table (NDCG@10, Recall@depth, p50/p99
 latency, whether it fits the budget) and the depth curve, the plot a user reads to choose
 the rerank depth. matplotlib is imported only here (the ``eval`` extra).
+
+It reads :mod:`twostage.results` and nothing that runs searches: :mod:`twostage.evaluation`
+imports it, never the other way.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from twostage.evaluation import MEASURES, DatasetResult, Evaluation, _short
+from twostage.metrics import MEASURES
+from twostage.results import DatasetResult, Evaluation, short_name
 
 _LABEL = {"RR@10": "MRR@10", "AP@100": "MAP@100"}
 
@@ -24,9 +28,9 @@ def write_report(ev: Evaluation, out: Path) -> Path:
         lines += ["```bash", ev.command, "```", ""]
     m = ev.machine
     lines += [
-        f"Machine: {m.get('cpu')}, {m.get('nproc')} cores, onnxruntime {m.get('onnxruntime')}, "
-        f"Python {m.get('python')}, {m.get('date')} (load average at the end "
-        f"{_fmt_load(m.get('load_average'))}).",
+        f"Machine: {_text(m.get('cpu'))}, {_text(m.get('nproc'))} cores, onnxruntime "
+        f"{_text(m.get('onnxruntime'))}, Python {_text(m.get('python'))}, "
+        f"{_text(m.get('date'))} (load average at the end {_fmt_load(m.get('load_average'))}).",
         "",
         "Metrics: ir-measures (pytrec_eval). p: paired t-test / paired randomization test "
         "(10,000 sign flips) on per-query NDCG@10 against the configuration's own first stage; "
@@ -46,6 +50,11 @@ def write_report(ev: Evaluation, out: Path) -> Path:
 
 def _fmt_load(load: Any) -> str:
     return "n/a" if not load else " / ".join(f"{x:.1f}" for x in load)
+
+
+def _text(v: Any) -> str:
+    """A value for prose: ``n/a`` for a missing one, never ``None``."""
+    return "n/a" if v is None or v == "" else str(v)
 
 
 def _summary(ev: Evaluation) -> list[str]:
@@ -82,6 +91,23 @@ def _dataset_section(ds: DatasetResult, ev: Evaluation) -> list[str]:
         f"## {ds.name} ({ds.split}: {ds.queries} queries, {ds.documents:,} documents)",
         "",
     ]
+    if ds.collection:
+        how = "the user's collection, reused" if ds.collection_reused else "built and cached"
+        lines += [f"Collection: `{ds.collection}` ({how}), encoder {_text(ds.encoder)}.", ""]
+    if ds.ignore_self:
+        lines += [
+            "Each query's own document (same id) is left out of its rankings, as BEIR does "
+            f"for collections whose queries are documents ({ds.self_matches:,} queries "
+            "have one).",
+            "",
+        ]
+    runs = {c.run_file for c in ds.configs if c.run_file}
+    if runs and len(runs) < len(ds.configs):
+        lines += [
+            f"Run files: {len(runs)} for {len(ds.configs)} configurations (configurations "
+            "that rank alike share one file; see results.json).",
+            "",
+        ]
     head = ["configuration", *(_LABEL.get(m, m) for m in MEASURES), "Δ NDCG@10", "p (t / rand)"]
     lines += [_row(head), _row(["---"] * len(head))]
     vs = {c["b"]: c for c in ds.comparisons if c["kind"] == "reranking"}
@@ -117,7 +143,7 @@ def _dataset_section(ds: DatasetResult, ev: Evaluation) -> list[str]:
                 _row(["---"] * 6),
             ]
             for d in sorted(lat):
-                c = next(x for x in ds.configs if x.name == f"{fs}+{_short(rr)}@{d}")
+                c = next(x for x in ds.configs if x.name == f"{fs}+{short_name(rr)}@{d}")
                 first = ds.table()[fs]
                 lines.append(
                     _row(
@@ -167,7 +193,7 @@ def _plot(ds: DatasetResult, out: Path) -> Path | None:
         )
         xs = [c.depth for c in cfgs]
         depths.update(xs)
-        name = f"{fs} + {_short(rr)}" if len(ds.latency) > 1 else fs
+        name = f"{fs} + {short_name(rr)}" if len(ds.latency) > 1 else fs
         ax.plot(xs, [c.metrics["nDCG@10"] for c in cfgs], "o-", color=col, label=f"{name}: NDCG@10")
         ax.plot(xs, [table[fs][f"R@{d}"] for d in xs], "s--", color=col, alpha=0.5)
         ax.axhline(table[fs]["nDCG@10"], color=col, lw=0.8, ls=":")

@@ -46,6 +46,7 @@ from twostage._memory import release_memory
 from twostage._models import BUILTINS
 from twostage.engine import Engine
 from twostage.errors import InvalidArgument
+from twostage.metrics import ndcg10_of_scores
 from twostage.reranker import Reranker
 from twostage.server.errors import ApiError, from_library
 from twostage.server.security import (
@@ -141,7 +142,7 @@ class ModelRegistry:
         self._previous: tuple[ModelRecord, Reranker] | None = None
         self._history: list[ModelRecord] = []
         self._on_update = on_update
-        self._validation: list[tuple[str, list[str], list[float]]] | None = None
+        self._validation: list[tuple[str, list[str], list[int]]] | None = None
         if settings.validation_set is not None:
             self._validation = load_validation_set(settings.validation_set)
 
@@ -547,9 +548,10 @@ class ModelRegistry:
             self._on_update(result)
 
 
-def load_validation_set(path: Path) -> list[tuple[str, list[str], list[float]]]:
-    """A JSONL validation set: ``{"query": str, "documents": [{"text", "relevance"}]}``."""
-    out: list[tuple[str, list[str], list[float]]] = []
+def load_validation_set(path: Path) -> list[tuple[str, list[str], list[int]]]:
+    """A JSONL validation set: ``{"query": str, "documents": [{"text", "relevance"}]}``,
+    relevance an integer grade (0 not relevant, 1, 2, ... more), as in qrels."""
+    out: list[tuple[str, list[str], list[int]]] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
@@ -560,7 +562,7 @@ def load_validation_set(path: Path) -> list[tuple[str, list[str], list[float]]]:
         try:
             row = json.loads(line)
             docs = [str(d["text"]) for d in row["documents"]]
-            rels = [float(d.get("relevance", 0)) for d in row["documents"]]
+            rels = [_grade(d.get("relevance", 0)) for d in row["documents"]]
             out.append((str(row["query"]), docs, rels))
         except (ValueError, KeyError, TypeError) as e:
             raise InvalidArgument(
@@ -571,20 +573,22 @@ def load_validation_set(path: Path) -> list[tuple[str, list[str], list[float]]]:
     return out
 
 
-def ndcg_at_10(scores: np.ndarray, relevance: list[float]) -> float:
-    """NDCG@10 of the order ``scores`` gives, with graded ``relevance`` (gain 2^rel - 1).
+def _grade(v: Any) -> int:
+    g = float(v)
+    if isinstance(v, bool) or not g.is_integer() or g < 0:
+        raise ValueError(f"relevance must be an integer grade (0, 1, 2, ...), not {v!r}")
+    return int(g)
 
-    >>> ndcg_at_10(np.array([0.9, 0.1]), [1.0, 0.0]), ndcg_at_10(np.array([0.1, 0.9]), [1.0, 0.0])
-    (1.0, 0.6309297535714575)
+
+def ndcg_at_10(scores: np.ndarray, relevance: list[int]) -> float:
+    """NDCG@10 of the order ``scores`` gives (ties: input order), with integer graded
+    ``relevance``: :func:`twostage.metrics.ndcg10_of_scores`, the project's one NDCG
+    (ir-measures; gain = the grade, as in ``twostage eval``).
+
+    >>> ndcg_at_10(np.array([0.9, 0.1]), [1, 0]), round(ndcg_at_10(np.array([0.1, 0.9]), [1, 0]), 4)
+    (1.0, 0.6309)
     """
-    rel = np.asarray(relevance, dtype=np.float64)
-    # Ties broken by position, so a constant-score model gets the input order's figure.
-    order = np.lexsort((np.arange(len(rel)), -np.asarray(scores, dtype=np.float64)))[:10]
-    disc = 1.0 / np.log2(np.arange(2, 12))
-    dcg = float(((2.0 ** rel[order] - 1.0) * disc[: len(order)]).sum())
-    ideal = np.sort(rel)[::-1][:10]
-    idcg = float(((2.0**ideal - 1.0) * disc[: len(ideal)]).sum())
-    return dcg / idcg if idcg > 0 else 0.0
+    return ndcg10_of_scores(scores, relevance)
 
 
 # An absolute path in a library message (up to a quote, space or separator).

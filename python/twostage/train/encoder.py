@@ -439,18 +439,13 @@ def train_encoder(
 def per_query_metrics(
     qrels: dict[str, dict[str, int]], cands: dict[str, list[tuple[str, float]]]
 ) -> dict[str, dict[str, float]]:
-    """``{"ndcg@10" | "recall@100": {qid: value}}`` by ir-measures over every qrels query: a
-    query missing from the run scores 0 (filled in here, because ir-measures versions differ
-    on whether they report such a query)."""
-    import ir_measures
+    """``{"ndcg@10" | "recall@100": {qid: value}}`` over every qrels query (a query missing
+    from the run scores 0): :func:`twostage.metrics.per_query`, the project's one NDCG."""
+    from twostage.metrics import per_query
 
     run = {q: {d: float(s) for d, s in lst} for q, lst in cands.items() if q in qrels}
-    measures = {"ndcg@10": ir_measures.nDCG @ 10, "recall@100": ir_measures.R @ 100}
-    per: dict[str, dict[str, float]] = {name: dict.fromkeys(qrels, 0.0) for name in measures}
-    names = {m: name for name, m in measures.items()}
-    for m in ir_measures.iter_calc(list(measures.values()), qrels, run):
-        per[names[m.measure]][m.query_id] = float(m.value)
-    return per
+    per = per_query(qrels, run, ("nDCG@10", "R@100"))
+    return {"ndcg@10": per["nDCG@10"], "recall@100": per["R@100"]}
 
 
 def retrieval_metrics(

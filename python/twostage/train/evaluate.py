@@ -5,9 +5,9 @@ HNSW index approximates). Reranked: the top ``depth`` candidates rescored by a
 :class:`~twostage.reranker.Reranker` (int8 ONNX, what serving runs), the rest kept in
 first-stage order below them. ``fusion=w`` also reports ``logit + w * cosine``.
 
-NDCG@10 comes from ir-measures (trec_eval's definition: gain = relevance grade, log2
-discount, ideal from the qrels) when it is installed, else from :func:`ndcg_at_k`, the same
-definition, checked against ir-measures and a hand case in tests/test_train.py.
+NDCG@10 comes from :mod:`twostage.metrics`, the project's one implementation (ir-measures,
+trec_eval's definition: gain = relevance grade, log2 discount, ideal from the qrels; ties in
+a run broken by document id, as trec_eval does).
 
 No PyTorch here.
 """
@@ -15,7 +15,6 @@ No PyTorch here.
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from twostage import metrics
 from twostage.engine import fuse
 from twostage.train.data import load_beir_eval
 from twostage.train.mine import encode, exact_topk
@@ -32,44 +32,18 @@ Qrels = Mapping[str, Mapping[str, int]]
 
 
 def ndcg_at_k(qrels: Qrels, run: Run, k: int = 10) -> float:
-    """Mean NDCG@k over the queries in ``qrels`` (a query missing from ``run`` scores 0).
-
-    Ties in the run are broken by document id, descending, as trec_eval does.
+    """Mean NDCG@k over the queries in ``qrels`` (a query missing from ``run`` scores 0):
+    :func:`twostage.metrics.ndcg`.
 
     >>> ndcg_at_k({"q": {"a": 1}}, {"q": {"b": 2.0, "a": 1.0}}, 10)  # doctest: +ELLIPSIS
     0.6309...
     """
-    vals = []
-    for q, rel in qrels.items():
-        ranked = sorted(run.get(q, {}).items(), key=lambda t: (-t[1], _neg(t[0])))[:k]
-        dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, (d, _) in enumerate(ranked))
-        ideal = sorted((g for g in rel.values() if g > 0), reverse=True)[:k]
-        idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
-        vals.append(dcg / idcg if idcg > 0 else 0.0)
-    return float(np.mean(vals)) if vals else 0.0
-
-
-class _neg(str):
-    __slots__ = ()
-
-    def __lt__(self, other: str) -> bool:
-        return str.__gt__(self, other)
+    return metrics.ndcg(qrels, run, k)
 
 
 def ndcg10(qrels: Qrels, run: Run) -> float:
-    """NDCG@10 by ir-measures where installed, else :func:`ndcg_at_k`."""
-    try:
-        import ir_measures  # type: ignore[import-untyped]
-    except ImportError:
-        return ndcg_at_k(qrels, run, 10)
-    q = {qid: dict(r) for qid, r in qrels.items()}
-    r = {qid: {d: float(s) for d, s in docs.items()} for qid, docs in run.items() if qid in q}
-    # Per query, every judged query counted once (0 where the run has none): versions of
-    # ir-measures differ in whether their aggregate already counts missing queries.
-    vals = dict.fromkeys(q, 0.0)
-    for row in ir_measures.iter_calc([ir_measures.nDCG @ 10], q, r):
-        vals[row.query_id] = float(row.value)
-    return float(np.mean(list(vals.values()))) if vals else 0.0
+    """Mean NDCG@10 over the queries in ``qrels``: :func:`twostage.metrics.ndcg10`."""
+    return metrics.ndcg10(qrels, run)
 
 
 def _key(*parts: str) -> str:
