@@ -313,70 +313,87 @@ impl PyIndex {
     ///     k: Hits per query.
     ///     ef: Candidate list size for this call (default: the index's ``ef_search``).
     ///         Calls with different ``ef`` values serialise against each other.
+    ///     allowed: Only these keys may be returned, checked inside the graph walk: a bool
+    ///         (or uint8) array indexed by key (``allowed[key]`` true; keys past its end are
+    ///         not allowed), or the keys themselves (uint64, sorted ascending; others are
+    ///         sorted once). Both are read in place. The walk passes through other nodes and
+    ///         goes on until it has seen ``max(k, ef)`` allowed ones, so it slows as the
+    ///         allowed share shrinks; for a small set ``search_exact`` is faster and exact.
     ///
     /// Returns:
     ///     ``SearchResult`` with ``keys``, ``distances`` (smaller is closer) and ``counts``.
-    #[pyo3(signature = (queries, k = 10, *, ef = None))]
+    #[pyo3(signature = (queries, k = 10, *, ef = None, allowed = None))]
     fn search(
         &self,
         py: Python<'_>,
         queries: &Bound<'_, PyAny>,
         k: i64,
         ef: Option<i64>,
+        allowed: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PySearchResult> {
-        if k <= 0 {
-            return Err(exc::InvalidArgument::new_err(format!(
-                "k must be >= 1, got {k}"
-            )));
-        }
-        if let Some(ef) = ef {
-            if ef <= 0 {
-                return Err(exc::InvalidArgument::new_err(format!(
-                    "ef must be >= 1, got {ef}"
-                )));
-            }
-        }
-        let q = f32_array(queries, "queries")?;
-        let dim = self.inner.dim();
-        let single = match q.ndim() {
-            1 => true,
-            2 => false,
-            d => {
-                return Err(exc::InvalidVector::new_err(format!(
-                    "queries must be 1-D (dim,) or 2-D (n, dim), got {d}-D shape {:?}",
-                    q.shape()
-                )))
-            }
-        };
-        let width = *q.shape().last().unwrap_or(&0);
-        if width != dim {
-            return Err(Error::DimensionMismatch {
-                what: "queries",
-                expected: dim,
-                got: width,
-            }
-            .into());
-        }
+        let k = positive(k, "k")?;
+        let ef = ef.map(|e| positive(e, "ef")).transpose()?;
+        let (q, single) = self.query_batch(queries)?;
         let data = q.as_slice()?;
-        let (k, ef) = (k as usize, ef.map(|e| e as usize));
-        let hits = py.detach(|| self.inner.search(data, k, ef))?;
-        let (n, k) = (hits.n, hits.k);
-        let keys = PyArray1::from_vec(py, hits.keys);
-        let distances = PyArray1::from_vec(py, hits.distances);
-        let (keys, distances) = if single {
-            (keys.into_any(), distances.into_any())
-        } else {
-            // A reshape of a fresh contiguous array is a view: no copy.
-            (
-                keys.reshape([n, k])?.into_any(),
-                distances.reshape([n, k])?.into_any(),
-            )
+        let inner = &self.inner;
+        let hits = match allowed {
+            None => py.detach(|| inner.search(data, k, ef))?,
+            Some(obj) => {
+                let arg = AllowedArg::extract(obj)?;
+                let sorted;
+                let allowed = match &arg {
+                    AllowedArg::Bools(a) => {
+                        let b = a.as_slice()?;
+                        // SAFETY: a bool is one byte holding 0 or 1, a valid u8.
+                        index::Allowed::Mask(unsafe {
+                            std::slice::from_raw_parts(b.as_ptr() as *const u8, b.len())
+                        })
+                    }
+                    AllowedArg::Bytes(a) => index::Allowed::Mask(a.as_slice()?),
+                    AllowedArg::Keys(a) => {
+                        let keys = a.as_slice()?;
+                        if keys.windows(2).all(|w| w[0] <= w[1]) {
+                            index::Allowed::Sorted(keys)
+                        } else {
+                            let mut v = keys.to_vec();
+                            py.detach(|| v.sort_unstable());
+                            sorted = v;
+                            index::Allowed::Sorted(&sorted)
+                        }
+                    }
+                };
+                py.detach(|| inner.search_filtered(data, k, ef, allowed))?
+            }
         };
-        Ok(PySearchResult {
-            keys: keys.unbind(),
-            distances: distances.unbind(),
-            counts: PyArray1::from_vec(py, hits.counts).into_any().unbind(),
-        })
+        result(py, hits, single)
+    }
+
+    /// The exact ``k`` nearest among ``keys``: a brute-force scan of their stored vectors,
+    /// with the distance ``search`` reports for them (bit for bit for f32/f16 storage).
+    ///
+    /// For a small allowed set (a selective metadata filter) this is faster than a filtered
+    /// graph walk and exact. Keys not in the index are skipped; a key listed twice counts
+    /// once. Runs with the GIL released; one query's long scan is split over the pool.
+    ///
+    /// Args:
+    ///     queries: One query ``(dim,)`` or a batch ``(n, dim)``, float32.
+    ///     keys: The candidates (uint64 read in place; other integer sequences converted).
+    ///     k: Hits per query.
+    #[pyo3(signature = (queries, keys, k = 10))]
+    fn search_exact(
+        &self,
+        py: Python<'_>,
+        queries: &Bound<'_, PyAny>,
+        keys: &Bound<'_, PyAny>,
+        k: i64,
+    ) -> PyResult<PySearchResult> {
+        let k = positive(k, "k")?;
+        let (q, single) = self.query_batch(queries)?;
+        let keys = u64_keys(keys)?;
+        let (data, keys) = (q.as_slice()?, keys.as_slice()?);
+        let inner = &self.inner;
+        let hits = py.detach(|| inner.search_exact(data, k, keys))?;
+        result(py, hits, single)
     }
 
     /// Writes the index to ``path`` atomically, with a checked header and CRC-32.
@@ -505,6 +522,111 @@ impl PyIndex {
             }
         )
     }
+}
+
+impl PyIndex {
+    /// Queries as a float32 array: one ``(dim,)`` (``single``) or a batch ``(n, dim)``.
+    fn query_batch<'py>(
+        &self,
+        queries: &Bound<'py, PyAny>,
+    ) -> PyResult<(PyReadonlyArrayDyn<'py, f32>, bool)> {
+        let q = f32_array(queries, "queries")?;
+        let dim = self.inner.dim();
+        let single = match q.ndim() {
+            1 => true,
+            2 => false,
+            d => {
+                return Err(exc::InvalidVector::new_err(format!(
+                    "queries must be 1-D (dim,) or 2-D (n, dim), got {d}-D shape {:?}",
+                    q.shape()
+                )))
+            }
+        };
+        let width = *q.shape().last().unwrap_or(&0);
+        if width != dim {
+            return Err(Error::DimensionMismatch {
+                what: "queries",
+                expected: dim,
+                got: width,
+            }
+            .into());
+        }
+        Ok((q, single))
+    }
+}
+
+fn positive(v: i64, what: &str) -> PyResult<usize> {
+    if v <= 0 {
+        return Err(exc::InvalidArgument::new_err(format!(
+            "{what} must be >= 1, got {v}"
+        )));
+    }
+    Ok(v as usize)
+}
+
+/// Search hits as a ``SearchResult``: ``(k,)`` arrays for a single query, ``(n, k)`` else.
+fn result(py: Python<'_>, hits: index::Hits, single: bool) -> PyResult<PySearchResult> {
+    let (n, k) = (hits.n, hits.k);
+    let keys = PyArray1::from_vec(py, hits.keys);
+    let distances = PyArray1::from_vec(py, hits.distances);
+    let (keys, distances) = if single {
+        (keys.into_any(), distances.into_any())
+    } else {
+        // A reshape of a fresh contiguous array is a view: no copy.
+        (
+            keys.reshape([n, k])?.into_any(),
+            distances.reshape([n, k])?.into_any(),
+        )
+    };
+    Ok(PySearchResult {
+        keys: keys.unbind(),
+        distances: distances.unbind(),
+        counts: PyArray1::from_vec(py, hits.counts).into_any().unbind(),
+    })
+}
+
+/// ``Index.search``'s ``allowed``: a mask indexed by key, or keys.
+enum AllowedArg<'py> {
+    Bools(PyReadonlyArrayDyn<'py, bool>),
+    Bytes(PyReadonlyArrayDyn<'py, u8>),
+    Keys(PyReadonlyArrayDyn<'py, u64>),
+}
+
+impl<'py> AllowedArg<'py> {
+    fn extract(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let one_d = |ndim: usize| {
+            if ndim == 1 {
+                Ok(())
+            } else {
+                Err(exc::InvalidArgument::new_err(format!(
+                    "allowed must be 1-D (a mask indexed by key, or keys), got {ndim}-D"
+                )))
+            }
+        };
+        if let Ok(a) = obj.cast::<PyArrayDyn<bool>>() {
+            one_d(a.ndim())?;
+            return Ok(AllowedArg::Bools(contiguous(a)?));
+        }
+        if let Ok(a) = obj.cast::<PyArrayDyn<u8>>() {
+            one_d(a.ndim())?;
+            return Ok(AllowedArg::Bytes(contiguous(a)?));
+        }
+        Ok(AllowedArg::Keys(u64_keys(obj)?))
+    }
+}
+
+/// A 1-D numpy array read in place when contiguous, copied once by numpy otherwise.
+fn contiguous<'py, T: numpy::Element>(
+    a: &Bound<'py, PyArrayDyn<T>>,
+) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
+    if a.is_c_contiguous() {
+        return Ok(a.readonly());
+    }
+    let np = a.py().import("numpy")?;
+    Ok(np
+        .call_method1("ascontiguousarray", (a,))?
+        .cast_into::<PyArrayDyn<T>>()?
+        .readonly())
 }
 
 /// Holds one Python object with a version; ``swap`` replaces it atomically.
