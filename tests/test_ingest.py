@@ -189,16 +189,16 @@ def test_reembed_builds_a_new_generation_and_leaves_the_source(
     fp32 = Encoder.load("minilm-l6", precision="fp32")
     # Interrupted after one chunk: the rerun adds only what is missing.
     with pytest.raises(KeyboardInterrupt), pytest.MonkeyPatch.context() as mp:
-        real_add = Collection.add
+        real_add = Collection.add_embedded  # what each chunk's embedded batch goes through
         calls = []
 
-        def add_then_stop(self, docs, **kw):  # type: ignore[no-untyped-def]
+        def add_then_stop(self, docs, *a, **kw):  # type: ignore[no-untyped-def]
             calls.append(len(docs))
             if len(calls) == 2:
                 raise KeyboardInterrupt
-            return real_add(self, docs, **kw)
+            return real_add(self, docs, *a, **kw)
 
-        mp.setattr(Collection, "add", add_then_stop)
+        mp.setattr(Collection, "add_embedded", add_then_stop)
         reembed(src, tmp_path / "v2", fp32, chunk_size=50, progress=False)
     report = reembed(src, tmp_path / "v2", fp32, chunk_size=50, progress=False)
     assert (report.documents, report.resumed, report.embedded) == (120, 50, 70)
