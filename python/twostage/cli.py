@@ -90,7 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--shards", type=int, default=1)
     b.add_argument("--chunk-size", type=int, default=1024, help="lines per commit")
     b.add_argument("--batch-size", type=int, default=32, help="texts per encoder call")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress (default: a bar per encoded batch on a terminal; elsewhere a line "
+        "every 10 s, $TWOSTAGE_PROGRESS_INTERVAL, with docs/s and the time left)",
+    )
 
     a = isub.add_parser(
         "add",
@@ -159,7 +164,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="the new collection folder")
     r.add_argument("--precision", default="int8", choices=["int8", "fp32"])
     r.add_argument("--batch-size", type=int, default=32, help="texts per encoder call")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress (default: a bar on a terminal, a line every 10 s elsewhere)",
+    )
 
     # ---- search ----
     s = sub.add_parser(

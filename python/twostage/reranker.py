@@ -10,6 +10,13 @@ and scored later with :meth:`Reranker.score_tokens`: only the query is tokenised
 >>> rr = Reranker.load("path/to/cross-encoder")  # doctest: +SKIP
 >>> rr.score("what is bm25", ["a ranking function", "a bird"])  # doctest: +SKIP
 array([ 3.1, -7.2], dtype=float32)
+
+The verbs of sentence-transformers' ``CrossEncoder`` work the same way:
+
+>>> rr.predict([("what is bm25", "a ranking function"), ("what is hnsw", "a bird")])  # doctest: +SKIP
+array([ 3.1, -6.8], dtype=float32)
+>>> rr.rank("what is bm25", ["a bird", "a ranking function"], return_documents=True)  # doctest: +SKIP
+[{'corpus_id': 1, 'score': 3.1, 'text': 'a ranking function'}, {'corpus_id': 0, 'score': -7.2, 'text': 'a bird'}]
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, overload
 
 import numpy as np
 
@@ -38,6 +45,18 @@ class Pairs:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+class _Ranked(TypedDict):
+    corpus_id: int
+    score: float
+
+
+class RankedDocument(_Ranked, total=False):
+    """One entry of :meth:`Reranker.rank`: the document's position in the input list
+    (``corpus_id``), its score, and its ``text`` when asked for (``return_documents``)."""
+
+    text: str
 
 
 def defaults_problem(defaults: object) -> str | None:
@@ -277,5 +296,93 @@ class Reranker(OnnxModel):
             raise TypeError(f"query is {type(query).__name__}, expected str")
         return self.score_tokens(query, self.tokenize_documents(documents), batch_size=batch_size)
 
+    # ---- sentence-transformers' CrossEncoder verbs ----
+    @overload
+    def predict(self, pairs: tuple[str, str], *, batch_size: int = ...) -> float: ...
+    @overload
+    def predict(
+        self, pairs: Sequence[tuple[str, str]] | Sequence[Sequence[str]], *, batch_size: int = ...
+    ) -> np.ndarray: ...
+    def predict(
+        self,
+        pairs: tuple[str, str] | Sequence[tuple[str, str]] | Sequence[Sequence[str]],
+        *,
+        batch_size: int = 32,
+    ) -> float | np.ndarray:
+        """Scores of (query, document) pairs, as ``CrossEncoder.predict``: float32[n], higher
+        is more relevant, the same score :meth:`score` gives each pair. One pair alone (a
+        2-tuple of strings) gives one float. Each distinct query is tokenised once.
 
-__all__ = ["Pairs", "Reranker", "defaults_problem"]
+        >>> rr.predict([("q1", "d1"), ("q1", "d2"), ("q2", "d3")], batch_size=16)  # doctest: +SKIP
+        array([ 2.5, -1.0,  0.3], dtype=float32)
+        >>> rr.predict(("q1", "d1"))  # doctest: +SKIP
+        2.5
+        """
+        single = (
+            isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
+        )
+        rows = [pairs] if single else pairs
+        if isinstance(rows, (str, bytes)):
+            raise TypeError("pairs must be a list of (query, document) pairs, not a string")
+        queries: list[str] = []
+        docs: list[str] = []
+        for i, pair in enumerate(rows):
+            if isinstance(pair, (str, bytes)) or len(pair) != 2:
+                raise TypeError(f"pairs[{i}] must be a (query, document) pair, not {pair!r:.80}")
+            q, d = pair
+            if not isinstance(q, str) or not isinstance(d, str):
+                raise TypeError(
+                    f"pairs[{i}] holds {type(q).__name__} and {type(d).__name__}, expected str"
+                )
+            queries.append(q)
+            docs.append(d)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, not {batch_size!r}")
+        q_ids = {q: self.tokenize_query(q) for q in dict.fromkeys(queries)}
+        d_ids = self.tokenize_documents(docs)
+        ids: list[list[int]] = []
+        type_ids: list[list[int]] = []
+        for q, d in zip(queries, d_ids, strict=True):
+            packed = self.pack(q_ids[q], [d])
+            ids.append(packed.ids[0])
+            type_ids.append(packed.type_ids[0])
+        out = np.empty(len(ids), dtype=np.float32)
+        for batch in self.batches(Pairs(ids, type_ids), batch_size):
+            out[batch.rows] = self.postprocess(self.run(batch))
+        return float(out[0]) if single else out
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_k: int | None = None,
+        return_documents: bool = False,
+        *,
+        batch_size: int = 32,
+    ) -> list[RankedDocument]:
+        """``documents`` ordered by their score for ``query``, as ``CrossEncoder.rank``: one
+        dict per document, ``{"corpus_id": its position in documents, "score": float}`` (and
+        ``"text"`` with ``return_documents=True``), best first; equal scores keep the input
+        order. ``top_k``: only the best ``top_k``.
+
+        >>> for hit in rr.rank("gzip", ["a bird", "gzip compresses files"], top_k=1):  # doctest: +SKIP
+        ...     print(hit["corpus_id"], round(hit["score"], 2))
+        1 4.2
+        """
+        if top_k is not None and (
+            isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
+        ):
+            raise ValueError(f"top_k must be None or an integer >= 1, not {top_k!r}")
+        docs = check_texts(documents, "documents")
+        scores = self.score(query, docs, batch_size=batch_size) if docs else np.zeros(0)
+        order = sorted(range(len(docs)), key=lambda i: (-float(scores[i]), i))[:top_k]
+        out: list[RankedDocument] = []
+        for i in order:
+            entry: RankedDocument = {"corpus_id": i, "score": float(scores[i])}
+            if return_documents:
+                entry["text"] = docs[i]
+            out.append(entry)
+        return out
+
+
+__all__ = ["Pairs", "RankedDocument", "Reranker", "defaults_problem"]
