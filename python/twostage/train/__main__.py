@@ -194,7 +194,10 @@ def cmd_export(a: argparse.Namespace) -> None:
     from twostage.train.export import export_encoder_folder, export_folder
 
     settings = a.checkpoint / "twostage.json"
-    kind = json.loads(settings.read_text())["kind"] if settings.is_file() else "reranker"
+    if settings.is_file():
+        kind = json.loads(settings.read_text())["kind"]
+    else:  # a sentence-transformers folder is a bi-encoder (e.g. all-MiniLM-L6-v2)
+        kind = "encoder" if (a.checkpoint / "modules.json").is_file() else "reranker"
     if kind == "encoder":
         out = export_encoder_folder(
             a.checkpoint, a.out, max_length=a.max_length, fp32=not a.int8_only

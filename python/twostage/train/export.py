@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from twostage.errors import InvalidModel
 from twostage.export import (
     BertConfig,
     build_bert_graph,
@@ -178,26 +179,29 @@ def export_encoder_folder(
     [+ twostage.json]) -> ``model_int8.onnx`` (+ ``model.onnx``), ``tokenizer.json`` and
     ``twostage.json`` in ``out``: the folder :meth:`twostage.encoder.Encoder.load` reads.
 
-    The same graph (``build_bert_graph``, fused, mean head) and the same quantiser as the
-    built-in ``minilm-l6`` export, so a fine-tuned encoder and its base differ only in
-    their weights. The word embeddings stay float32 (no ``compact``), as in the built-in.
+    The same graph (``build_bert_graph``, fused, mean head), the same quantiser and the same
+    settings as an export on first use (:func:`twostage._models.read_checkpoint`), so the
+    files are the ones the cache would hold; ``twostage.json`` records the checkpoint's
+    identity (``export``), so the folder has the fingerprint the checkpoint has (collections
+    embedded by either open with the other). The word embeddings stay float32 (no
+    ``compact``). A checkpoint without ``twostage.json`` is read as a sentence-transformers
+    folder (pooling from ``1_Pooling``, normalisation from ``modules.json``, length from
+    ``sentence_bert_config.json``): this is how the built-in ``minilm-l6`` was made.
     """
+    from twostage._models import EXPORT_RECORD, folder_key, read_checkpoint
+
     src, dst = Path(checkpoint), Path(out)
-    dst.mkdir(parents=True, exist_ok=True)
-    config = BertConfig.from_file(src / "config.json")
-    settings: dict[str, Any] = {"kind": "encoder", "pooling": "mean", "normalize": True}
-    if (src / "twostage.json").is_file():
-        settings.update(json.loads((src / "twostage.json").read_text(encoding="utf-8")))
-    if settings.get("kind") != "encoder" or settings["pooling"] not in ("mean", "cls"):
+    extra = {"max_length": max_length} if max_length is not None else None
+    try:
+        ck = read_checkpoint(src, "encoder", extra)
+    except InvalidModel as exc:
+        raise ValueError(f"{src}: not a mean- or cls-pooling encoder checkpoint ({exc})") from exc
+    settings = dict(ck.settings)
+    if settings["pooling"] not in ("mean", "cls"):
         raise ValueError(f"{src}: not a mean- or cls-pooling encoder checkpoint ({settings})")
-    if max_length is not None:
-        settings["max_length"] = max_length
-    settings["max_length"] = min(
-        int(settings.get("max_length", 512)), config.max_position_embeddings
-    )
-    graph = build_bert_graph(
-        config, load_weights(src / "model.safetensors"), head=settings["pooling"]
-    )
+    settings["max_length"] = min(int(settings["max_length"]), ck.config.max_position_embeddings)
+    dst.mkdir(parents=True, exist_ok=True)
+    graph = build_bert_graph(ck.config, load_weights(ck.weights), head=ck.head)
     with tempfile.TemporaryDirectory(dir=dst) as tmp:
         f32 = Path(tmp) / "model.onnx"
         save_atomic(graph, f32)
@@ -205,7 +209,12 @@ def export_encoder_folder(
         os.replace(Path(tmp) / "model_int8.onnx", dst / "model_int8.onnx")
         if fp32:
             os.replace(f32, dst / "model.onnx")
-    return _finish_folder(src, dst, settings)
+        else:
+            (dst / "model.onnx").unlink(missing_ok=True)  # a stale one would be read instead
+    _finish_folder(src, dst, settings)
+    settings[EXPORT_RECORD] = {"checkpoint": ck.key, "files": folder_key(dst, settings)}
+    (dst / "twostage.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    return dst
 
 
 def _finish_folder(src: Path, dst: Path, settings: dict[str, Any]) -> Path:

