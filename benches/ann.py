@@ -534,7 +534,7 @@ def render(
         "usearch": version("usearch"),
         "hnswlib": version("hnswlib"),
         "faiss-cpu": version("faiss-cpu"),
-        "twostage": version("twostage"),
+        "twostage": version("twostage-search"),
     }
     lines = [
         f"# ANN benchmark: {args.n:,} x {args.dim}, k={args.k}",

@@ -1,6 +1,6 @@
 """twostage.train: mining, listwise training, checkpoints, export, the shipped reranker.
 
-Tests that need PyTorch skip where it is absent (it is the optional extra ``twostage[train]``).
+Tests that need PyTorch skip where it is absent (it is the optional extra ``twostage-search[train]``).
 They train for a few steps on a 1-2 layer slice of the real all-MiniLM-L6-v2 weights with
 real SciFact text (the package's own 1k sample, so no ``../shared`` is needed): mechanics,
 not quality. Quality is measured by the commands in TRAINING.md.
@@ -23,7 +23,7 @@ from twostage.train.mine import MineConfig, mine_set, select_negatives
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(
-    not HAS_TORCH, reason="PyTorch not installed (pip install 'twostage[train]')"
+    not HAS_TORCH, reason="PyTorch not installed (pip install 'twostage-search[train]')"
 )
 DATA = Path(__file__).resolve().parents[1] / "python" / "twostage" / "data"
 SHIPPED = Path(__file__).resolve().parents[1] / "python" / "twostage" / "models" / "twostage-rerank"
@@ -212,7 +212,7 @@ def test_packer_matches_the_serving_reranker(tmp_path: Path) -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 2-layer slice of MiniLM trained for 12 steps on 4 real groups (shared by tests)."""
     if not HAS_TORCH:
-        pytest.skip("PyTorch not installed (pip install 'twostage[train]')")
+        pytest.skip("PyTorch not installed (pip install 'twostage-search[train]')")
     from twostage.train.reranker import Trainer, listwise_eval
 
     tmp = tmp_path_factory.mktemp("trained")

@@ -1,7 +1,7 @@
 """twostage.train.encoder: batches, the MNRL loss, a few training steps, export, resume.
 
 The batching and metric tests need no PyTorch. The training tests skip where it is absent
-(the optional extra ``twostage[train]``); they train a 1-layer slice of the real
+(the optional extra ``twostage-search[train]``); they train a 1-layer slice of the real
 all-MiniLM-L6-v2 on real SciFact text from the package's 1k sample: mechanics, not quality
 (the quality figures are in TRAINING.md).
 """
@@ -28,7 +28,7 @@ from twostage.train.encoder import (
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(
-    not HAS_TORCH, reason="PyTorch not installed (pip install 'twostage[train]')"
+    not HAS_TORCH, reason="PyTorch not installed (pip install 'twostage-search[train]')"
 )
 DATA = Path(__file__).resolve().parents[1] / "python" / "twostage" / "data"
 
@@ -164,7 +164,7 @@ def _batch_loss(tr: Any, rows: list[dict[str, Any]]) -> float:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A 1-layer slice of MiniLM trained for 12 steps on 8 real rows (shared by tests)."""
     if not HAS_TORCH:
-        pytest.skip("PyTorch not installed (pip install 'twostage[train]')")
+        pytest.skip("PyTorch not installed (pip install 'twostage-search[train]')")
     minilm_checkpoint()  # or skip
     from twostage.train.encoder import EncoderTrainer
 

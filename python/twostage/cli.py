@@ -799,7 +799,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         print(
             f"twostage: error: serve needs the server extra ({e.name} is missing): "
-            "pip install 'twostage[server]'",
+            "pip install 'twostage-search[server]'",
             file=sys.stderr,
         )
         return 1

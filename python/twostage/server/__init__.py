@@ -1,6 +1,6 @@
 """The HTTP service: ``twostage serve DIR`` (FastAPI on uvicorn).
 
-Needs the ``server`` extra (``pip install 'twostage[server]'``: fastapi, uvicorn,
+Needs the ``server`` extra (``pip install 'twostage-search[server]'``: fastapi, uvicorn,
 prometheus-client). See :mod:`twostage.server.app` for the endpoints.
 
 >>> from twostage.server import ServerSettings, create_app

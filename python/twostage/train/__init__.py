@@ -7,5 +7,5 @@
 * :mod:`twostage.train.evaluate`: NDCG@10 first stage vs reranked, latency (no PyTorch).
 
 The command line is ``python -m twostage.train --help``; TRAINING.md has the runs.
-PyTorch is the optional extra ``twostage[train]``; only modules of this package import it.
+PyTorch is the optional extra ``twostage-search[train]``; only modules of this package import it.
 """

@@ -6,7 +6,7 @@ The state dict uses the Hugging Face names (``bert.embeddings...``, ``classifier
 so :func:`save_checkpoint` writes a folder that the project's exporter
 (:mod:`twostage.export`), ``transformers`` and :class:`twostage.reranker.Reranker` all read.
 
-Needs PyTorch (``pip install 'twostage[train]'``).
+Needs PyTorch (``pip install 'twostage-search[train]'``).
 """
 
 from __future__ import annotations

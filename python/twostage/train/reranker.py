@@ -12,7 +12,7 @@ stopped and resumed from its last checkpoint ends with the same weights as one t
 >>> cfg = TrainConfig(data=[Path("mined/scifact.jsonl")], out=Path("runs/ce"))  # doctest: +SKIP
 >>> train(cfg)  # doctest: +SKIP
 
-Needs PyTorch (``pip install 'twostage[train]'``).
+Needs PyTorch (``pip install 'twostage-search[train]'``).
 """
 
 from __future__ import annotations
