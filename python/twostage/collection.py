@@ -55,6 +55,7 @@ from twostage.errors import (
     InvalidArgument,
     ReadOnlyCollection,
 )
+from twostage.filters import KeySet, MetadataIndex
 from twostage.lexical import LexicalIndex
 from twostage.lock import WriterLock
 from twostage.store import DocStore, EmbeddingDtype, StoredDoc
@@ -112,6 +113,8 @@ class Collection:
         self._lock = lock
         self._write_lock = threading.RLock()
         self._closed = False
+        # Metadata values by key, for filters: built on the first filtered search.
+        self._meta: MetadataIndex | None = None
         self.recovery = recovery
         """Why the index was rebuilt or caught up on open, or ``None`` if it was current."""
 
@@ -423,6 +426,14 @@ class Collection:
         with self._write_lock:
             self._check_writable()
             res = self._store.upsert(docs, vectors, tokens, meta=meta)
+            if self._meta is not None:  # the metadata as the store returns it: through JSON
+                self._meta.upsert(
+                    res.keys,
+                    [
+                        None if d.metadata is None else json.loads(json.dumps(d.metadata))
+                        for d in docs
+                    ],
+                )
             self._index.add(res.keys, vectors)
             self._applied = res.seq
             if self._lexical is not None:
@@ -435,6 +446,8 @@ class Collection:
         with self._write_lock:
             self._check_writable()
             keys = self._store.delete(ids, missing_ok=missing_ok)
+            if self._meta is not None:
+                self._meta.remove(keys)
             self._index.remove(keys, missing_ok=True)
             seq = self._store.seq  # no other process writes: we hold the writer lock
             self._applied = seq
@@ -453,8 +466,31 @@ class Collection:
         """Stored documents by index key (``None`` where one was deleted meanwhile)."""
         return self._store.get_many(keys, tokens=tokens)
 
-    def lexical_search(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """BM25 top ``k``: index keys (uint64) and scores (float32), best first.
+    def matching(self, filter: dict[str, Any]) -> KeySet | None:
+        """The keys of the documents whose metadata matches ``filter`` (equality; a list
+        value matches any of its items; see :mod:`twostage.filters`), or ``None`` when a
+        filter value is not JSON and has to be checked document by document.
+
+        The first call builds the metadata index from the store (one pass over its
+        metadata column); every write keeps it in step after that.
+
+        >>> col.matching({"lang": "en"}).count  # doctest: +SKIP
+        1
+        """
+        meta = self._meta
+        if meta is None:
+            with self._write_lock:
+                self._check_open()
+                if self._meta is None:
+                    self._meta = MetadataIndex.build(self._store.metadata())
+                meta = self._meta
+        return meta.select(filter)
+
+    def lexical_search(
+        self, query: str, k: int, *, allowed: KeySet | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 top ``k``: index keys (uint64) and scores (float32), best first; only
+        ``allowed`` keys (from :meth:`matching`) if given.
 
         Raises :class:`~twostage.errors.InvalidArgument` if the collection was created
         without a lexical index.
@@ -464,7 +500,7 @@ class Collection:
                 f"collection {self._path} has no lexical (BM25) index: it was created with "
                 "lexical=False"
             )
-        return self._lexical.search(query, k)
+        return self._lexical.search(query, k, allowed=allowed)
 
     def embed_query(self, query: str) -> np.ndarray:
         """The query's vector, float32 ``[dim]``."""
@@ -512,8 +548,12 @@ class Collection:
             for ch in self._store.changes_since(start):
                 if len(ch.keys):
                     self._index.add(ch.keys, ch.vectors)
+                    if self._meta is not None:
+                        _catch_up_meta(self._meta, self._store, ch.keys)
                 if len(ch.deleted):
                     self._index.remove(ch.deleted, missing_ok=True)
+                    if self._meta is not None:
+                        self._meta.remove(ch.deleted)
                 n += len(ch.keys) + len(ch.deleted)
                 self._applied = ch.seq
             if self._lexical is not None:
@@ -854,6 +894,15 @@ def _open_lexical(
     if read_only:
         reason += " (in memory: read-only)"
     return lex, reason
+
+
+def _catch_up_meta(meta: MetadataIndex, store: DocStore, keys: np.ndarray) -> None:
+    """Set the metadata of ``keys`` from the store (a key gone from it since is cleared)."""
+    found = dict(store.metadata(keys))
+    meta.upsert(
+        keys,
+        [None if (t := found.get(int(k))) is None else json.loads(t) for k in keys.tolist()],
+    )
 
 
 def _catch_up_lexical(lex: LexicalIndex, store: DocStore, start: int) -> tuple[int, int]:

@@ -50,6 +50,7 @@ from twostage.config import (
 from twostage.document import check_json_unicode, check_unicode
 from twostage.encoder import Encoder
 from twostage.errors import EncoderMismatch, InvalidArgument, KeyNotFound
+from twostage.filters import KeySet, exact_is_cheaper
 from twostage.fusion import first_stage_signals, fuse_signals
 from twostage.reranker import Pairs, Reranker
 from twostage.store import StoredDoc
@@ -260,6 +261,9 @@ class Engine:
 
     #: How stale a read-only collection's index may get (one SQLite read per period).
     REFRESH_S = 0.5
+    # Filters resolve to key sets the search applies as it goes (False: the old way, checked
+    # after the search, widening it until enough match; kept for benches/filter.py).
+    _filter_in_index = True
 
     def __init__(
         self,
@@ -395,7 +399,8 @@ class Engine:
                 no time to rerank, so the answer is the first stage, ``degraded``.
             rerank: ``False`` returns the first stage alone.
             filter: metadata equality, e.g. ``{"lang": "en"}``; a list value matches any of
-                its items. The first stage fetches more candidates until enough match.
+                its items. The first stage searches only the matching documents
+                (:mod:`twostage.filters`); none matching is an empty answer.
             first_stage: ``"dense"``, ``"bm25"`` or ``"hybrid"`` (default
                 ``config.first_stage``). bm25 and hybrid need the collection's lexical index.
             candidates: the cascade's pool (default :attr:`defaults`): first-stage
@@ -594,14 +599,27 @@ class Engine:
         np.ndarray, np.ndarray | None, float, float, list[StoredDoc], dict[int, float] | None
     ]:
         """Top-n candidates: (first-stage scores, similarities or None, ANN seconds, BM25
-        seconds, documents, BM25 score by key or None). With a filter, widen the search
-        until n match."""
+        seconds, documents, BM25 score by key or None).
+
+        A filter resolves to the keys it allows (:mod:`twostage.filters`), which the search
+        applies as it goes: an exact scan when they are few, the filtered HNSW walk
+        otherwise, the BM25 list restricted to them. A filter value that is not JSON (or
+        ``_filter_in_index`` off) is checked after the search instead, widening it until n
+        match."""
         total = len(self._col.index)  # the store's count, without a COUNT(*) per search
-        ask = n if filter is None else min(max(4 * n, 64), max(total, 1))
+        t = time.perf_counter()
+        allowed = self._col.matching(filter) if filter and self._filter_in_index else None
         t_ann = t_lex = 0.0
+        if filter:  # resolving the filter counts as first-stage time
+            if mode == "bm25":
+                t_lex = time.perf_counter() - t
+            else:
+                t_ann = time.perf_counter() - t
+        post = bool(filter) and allowed is None
+        ask = min(max(4 * n, 64), max(total, 1)) if post else n
         while True:
             keys, scores, dists, dt_ann, dt_lex, bm25 = self._retrieve(
-                mode, query, vec, max(ask, 1), need_bm25
+                mode, query, vec, max(ask, 1), need_bm25, allowed
             )
             t_ann += dt_ann
             t_lex += dt_lex
@@ -612,7 +630,7 @@ class Engine:
                 # None: deleted between the search and the fetch.
                 if d is not None and (filter is None or _matches(d.metadata, filter))
             ][:n]
-            if filter is None or len(rows) >= n or ask >= total:
+            if not post or len(rows) >= n or ask >= total:
                 break
             ask = min(ask * 4, total)
         docs = [d for d in (got[i] for i in rows) if d is not None]
@@ -625,17 +643,29 @@ class Engine:
         return first, sims, t_ann, t_lex, docs, bm25
 
     def _retrieve(
-        self, mode: str, query: str, vec: np.ndarray | None, ask: int, need_bm25: bool = False
+        self,
+        mode: str,
+        query: str,
+        vec: np.ndarray | None,
+        ask: int,
+        need_bm25: bool = False,
+        allowed: KeySet | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float, float, dict[int, float] | None]:
         """(keys, first-stage scores, dense distances if dense, ANN s, BM25 s, BM25 score
-        by key when the lexical list was run)."""
+        by key when the lexical list was run), only ``allowed`` keys if given."""
         t_ann = t_lex = 0.0
         dkeys = dd = None
         if mode != "bm25":
             assert vec is not None
             index = self._col.index
             t = time.perf_counter()
-            res = index.search(vec, k=max(min(ask, len(index)), 1), ef=self.config.ef_search)
+            k = max(min(ask, len(index)), 1)
+            if allowed is None:
+                res = index.search(vec, k=k, ef=self.config.ef_search)
+            elif exact_is_cheaper(allowed.count, len(index)):
+                res = index.search_exact(vec, allowed.keys, k=k)
+            else:
+                res = index.search(vec, k=k, ef=self.config.ef_search, allowed=allowed.mask)
             count = int(res.counts[0]) if res.counts.ndim else int(res.counts)
             dkeys, dd = res.keys[:count], res.distances[:count]
             t_ann = time.perf_counter() - t
@@ -644,12 +674,12 @@ class Engine:
                 bm25 = None
                 if need_bm25:  # the lexical list only as a signal for fusion
                     t = time.perf_counter()
-                    lk, ls = self._col.lexical_search(query, ask)
+                    lk, ls = self._col.lexical_search(query, ask, allowed=allowed)
                     t_lex = time.perf_counter() - t
                     bm25 = dict(zip(lk.tolist(), ls.tolist(), strict=True))
                 return dkeys, sim, dd, t_ann, t_lex, bm25
         t = time.perf_counter()
-        lkeys, lscores = self._col.lexical_search(query, ask)
+        lkeys, lscores = self._col.lexical_search(query, ask, allowed=allowed)
         t_lex = time.perf_counter() - t
         bm25 = dict(zip(lkeys.tolist(), lscores.tolist(), strict=True))
         if mode == "bm25":

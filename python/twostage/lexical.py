@@ -40,6 +40,7 @@ import tantivy
 
 from twostage._memory import release_memory
 from twostage.errors import CorruptIndex
+from twostage.filters import KeySet
 
 STATE = "state.json"
 FORMAT_VERSION = 1
@@ -52,6 +53,9 @@ STOP_WORDS = frozenset(
 _WORD = re.compile(r"\w+")
 _HEAP = 64 * 1024 * 1024  # tantivy's indexing arena; it flushes a segment when full
 _LOCK_WAIT_S = 30.0
+# A filter allowing up to this many keys joins the query as a term set on the key field;
+# beyond it a longer top list is cut to the allowed keys (benches/filter.py measured both).
+TERM_SET_MAX = 4096
 # Indexes up to this size read every key back on open (about 20 ms per 10k documents here);
 # bigger ones rely on `twostage index check` and on each search, which names the damage.
 VERIFY_ON_OPEN_DOCS = 200_000
@@ -231,24 +235,59 @@ class LexicalIndex:
         os.replace(tmp, self._path / STATE)
 
     # ---- reads ----
-    def search(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, query: str, k: int, *, allowed: KeySet | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The top ``k`` keys by BM25 (k1 1.2, b 0.75) with their scores, best first.
 
         A query with no indexable word (only stop words or punctuation) matches nothing.
+        With ``allowed`` (a metadata filter's keys, :mod:`twostage.filters`), only those:
+        a set of up to :data:`TERM_SET_MAX` keys joins the query as a term set on the key
+        field (scored 0, so BM25 scores are unchanged); a larger one cuts a longer top list
+        to its keys, asking for as many more as its share of the index says.
         """
         terms = query_terms(query)
-        if not terms or k < 1:
+        if not terms or k < 1 or (allowed is not None and allowed.count == 0):
             return np.empty(0, np.uint64), np.empty(0, np.float32)
         # Lenient: the terms hold no syntax, but a parse error must never fail a search.
         parsed, _ = self._index.parse_query_lenient(" ".join(terms), ["body"])
+        if allowed is not None and allowed.count <= TERM_SET_MAX:
+            among = tantivy.Query.term_set_query(
+                self._index.schema, "key", [str(key) for key in allowed.keys.tolist()]
+            )
+            parsed = tantivy.Query.boolean_query(
+                [
+                    (tantivy.Occur.Must, parsed),
+                    (tantivy.Occur.Must, tantivy.Query.const_score_query(among, 0.0)),
+                ]
+            )
+            allowed = None
         with self._damage_as_corrupt():
             searcher = self._index.searcher()
-            hits = searcher.search(parsed, limit=k, count=False).hits
-            keys = np.fromiter(
-                (int(searcher.doc(addr)["key"][0]) for _, addr in hits),
-                dtype=np.uint64,
-                count=len(hits),
-            )
+            if allowed is None:
+                return self._top(searcher, parsed, k)
+            total = max(int(searcher.num_docs), 1)
+            # Enough to hold k allowed keys if they are spread like the rest, and then some.
+            ask = min(total, k + int(2 * k * total / allowed.count))
+            while True:
+                keys, scores = self._top(searcher, parsed, ask)
+                keep = np.fromiter(
+                    (key in allowed for key in keys.tolist()), dtype=bool, count=len(keys)
+                )
+                if keep.sum() >= k or ask >= total or len(keys) < ask:
+                    return keys[keep][:k], scores[keep][:k]
+                ask = min(total, ask * 4)
+
+    @staticmethod
+    def _top(
+        searcher: tantivy.Searcher, query: tantivy.Query, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        hits = searcher.search(query, limit=k, count=False).hits
+        keys = np.fromiter(
+            (int(searcher.doc(addr)["key"][0]) for _, addr in hits),
+            dtype=np.uint64,
+            count=len(hits),
+        )
         scores = np.fromiter((s for s, _ in hits), dtype=np.float32, count=len(hits))
         return keys, scores
 

@@ -662,6 +662,34 @@ class DocStore:
             out[i] = np.frombuffer(found[k], dtype=self._emb_np)
         return out
 
+    def metadata(
+        self, keys: Sequence[int] | np.ndarray | None = None
+    ) -> Iterator[tuple[int, str | None]]:
+        """``(key, metadata JSON or None)`` of every document (streamed, in key order), or
+        of ``keys`` (those that exist). The metadata index (:mod:`twostage.filters`) is
+        built and caught up from it."""
+        try:
+            conn = self._reader()
+            if keys is not None:
+                klist = [int(k) for k in keys]
+                for start in range(0, len(klist), 500):
+                    part = klist[start : start + 500]
+                    q = f"SELECT key, metadata FROM docs WHERE key IN ({','.join('?' * len(part))})"
+                    yield from ((int(r[0]), r[1]) for r in conn.execute(q, part))
+                return
+            after = -1
+            while True:
+                rows = conn.execute(
+                    "SELECT key, metadata FROM docs WHERE key > ? ORDER BY key LIMIT 8192",
+                    (after,),
+                ).fetchall()
+                if not rows:
+                    return
+                yield from ((int(r[0]), r[1]) for r in rows)
+                after = int(rows[-1][0])
+        except sqlite3.DatabaseError as e:
+            raise self._damage(e) from e
+
     def changes_since(self, seq: int, *, chunk: int = 16384) -> Iterator[Changes]:
         """Upserts and deletes after ``seq``, in chunks, for catching an index up.
 
