@@ -155,14 +155,18 @@ class MetadataIndex:
             self._grow(int(karr.max()))
             for column in self._codes.values():
                 column[karr] = ABSENT  # a field the new metadata lacks is gone
+            # Per field, the keys and codes to write, then one vectorised write each.
+            pending: dict[str, tuple[list[int], list[int]]] = {}
             for key, meta in zip(karr.tolist(), metadata, strict=True):
                 if not isinstance(meta, dict):
                     continue
                 for name, value in meta.items():
-                    codes = self._codes.get(name)
-                    if codes is None:
-                        codes = self._codes[name] = np.zeros(self._size, dtype=np.int32)
-                        self._values[name] = {}
+                    got = pending.get(name)
+                    if got is None:
+                        got = pending[name] = ([], [])
+                        if name not in self._values:
+                            self._values[name] = {}
+                            self._codes[name] = np.zeros(self._size, dtype=np.int32)
                     values = self._values[name]
                     try:
                         c = canonical(value)
@@ -171,7 +175,10 @@ class MetadataIndex:
                     code = values.get(c)
                     if code is None:
                         code = values[c] = len(values) + 1
-                    codes[key] = code
+                    got[0].append(key)
+                    got[1].append(code)
+            for name, (ks, cs) in pending.items():
+                self._codes[name][np.asarray(ks, dtype=np.int64)] = cs
             self.version += 1
 
     def remove(self, keys: Sequence[int] | np.ndarray) -> None:
