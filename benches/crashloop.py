@@ -364,9 +364,9 @@ def trial_swap(rng: random.Random, work: Path, t: Trial, state: dict[str, Any]) 
 
     folder, root = state["folder"], state["models"]
     names = ["ce-a", "ce-b"]
-    srv = Server(
-        folder, work / "server.log", ["--model-root", str(root), "--reranker", str(root / "ce-a")]
-    )
+    # Random models (mechanics only): the sanity check would refuse them.
+    models = ["--model-root", str(root), "--reranker", str(root / "ce-a"), "--no-sanity-check"]
+    srv = Server(folder, work / "server.log", models)
     if not srv.ready():
         srv.kill()
         t.failures.append("the server did not come up")
@@ -399,9 +399,7 @@ def trial_swap(rng: random.Random, work: Path, t: Trial, state: dict[str, Any]) 
     stop.set()
     th.join()
     t.failures += verify(folder, state["acked"], [])
-    again = Server(
-        folder, work / "server.log", ["--model-root", str(root), "--reranker", str(root / "ce-a")]
-    )
+    again = Server(folder, work / "server.log", models)
     try:
         if not again.ready():
             t.failures.append("the server did not come back after the kill")

@@ -162,6 +162,7 @@ class Server:
             "--port", str(self.port), "--model-root", str(root), "--reranker", str(root / reranker),
             "--precision", "int8", "--depth", str(args.depth), "--budget-ms", str(args.budget_ms),
             "--log-level", "warning", "--workers", str(args.workers),
+            "--no-sanity-check",  # random models (mechanics and speed only)
         ]  # fmt: skip
         if not batching:
             cmd.append("--no-batching")

@@ -87,7 +87,7 @@ def serve(col: Path, roots: Path, workdir: Path, *extra: str) -> Iterator[Server
     cmd = [
         sys.executable, "-m", "twostage", "serve", str(col), "--port", str(port),
         "--token-file", str(token_file), "--model-root", str(roots),
-        "--reranker", str(roots / "ce1"), "--precision", "fp32",
+        "--reranker", str(roots / "ce1"), "--precision", "fp32", "--no-sanity-check",
         # Bounded work per request: a fuzzer's batch upsert embeds at most 8 documents.
         "--max-batch-docs", "8", "--log-level", "warning", *extra,
     ]  # fmt: skip

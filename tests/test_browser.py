@@ -58,6 +58,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         reranker=str(ce),
         reranker_precision="fp32",
         engine=EngineConfig(budget_ms=10_000),
+        sanity_check=False,  # a random model (mechanics only)
     )
     with ServerThread(create_app(settings)) as srv:
         yield srv.url

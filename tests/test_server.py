@@ -121,6 +121,8 @@ def settings(col: Path, roots: Path, **kw: Any) -> ServerSettings:
         "reranker_precision": "fp32",
         "engine": EngineConfig(budget_ms=10_000),
         "batch_wait_ms": 1.0,
+        # The models are random (mechanics only): they would fail the sanity check.
+        "sanity_check": False,
     }
     base.update(kw)
     return ServerSettings(**base)
@@ -691,7 +693,8 @@ def test_real_server_process(
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
         [*exe, "serve", str(col), "--port", str(port), "--token-file", str(token_file),
-         "--model-root", str(roots), "--reranker", str(live), "--precision", "fp32"],
+         "--model-root", str(roots), "--reranker", str(live), "--precision", "fp32",
+         "--no-sanity-check"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

@@ -422,6 +422,12 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch-docs", type=int, default=256)
     sv.add_argument("--validation-set", default=None, help="JSONL set for model updates")
     sv.add_argument("--ndcg-floor", type=float, default=None, help="refuse models below it")
+    sv.add_argument(
+        "--no-sanity-check",
+        action="store_true",
+        help="skip the check that a reranker ranks the shipped sanity set better than chance "
+        '(at start and on every swap; one request can waive it with "sanity_check": false)',
+    )
     sv.add_argument("--watch-models", action="store_true", help="reload on model file changes")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sv.add_argument("--access-log", action="store_true", help="log every request")
@@ -846,6 +852,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_docs=args.max_batch_docs,
         validation_set=Path(args.validation_set) if args.validation_set else None,
         ndcg_floor=args.ndcg_floor,
+        sanity_check=not args.no_sanity_check,
         watch_models=args.watch_models,
         experiments_db=Path(args.experiments_db) if args.experiments_db else None,
         feedback_grace_s=args.feedback_grace,

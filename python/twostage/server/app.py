@@ -86,7 +86,7 @@ from twostage.server.batching import Batcher
 from twostage.server.errors import STATUS_CODES, ApiError, BodyTooLarge, Overloaded, from_library
 from twostage.server.experiments import Experiments, ExperimentStore, ModelSpec
 from twostage.server.metrics import CONTENT_TYPE, Metrics
-from twostage.server.models import ModelRegistry
+from twostage.server.models import ModelRegistry, SanityRefused
 from twostage.server.security import bearer_ok, require_token
 from twostage.server.settings import Precision, ServerSettings
 
@@ -241,6 +241,11 @@ class ModelUpdateIn(BaseModel):
     path: Text | None = Field(None, examples=["ce-v2"])
     name: Text | None = Field(None, examples=["twostage-rerank"])
     precision: Precision | None = None
+    sanity_check: StrictBool = Field(
+        True,
+        description="false: install the model even if it ranks the shipped sanity set no "
+        "better than chance (its figures are still measured and shown)",
+    )
 
 
 class ExperimentIn(BaseModel):
@@ -351,8 +356,15 @@ class Service:
             on_update=lambda result: self.metrics.model_updates.labels(result=result).inc(),
         )
         if rr is not None and spec:
-            # The operator's model passes the same golden-set check (the floor only warns).
-            figures = self.registry.validate(rr, enforce_floor=False)
+            # The operator's model passes the same golden-set and sanity checks (the floor
+            # only warns).
+            try:
+                figures = self.registry.validate(rr, enforce_floor=False)
+            except SanityRefused as e:
+                raise SanityRefused(
+                    f"the reranker {spec} is refused: {e} (serve it anyway with "
+                    "--no-sanity-check, ServerSettings(sanity_check=False))"
+                ) from None
             self.registry.adopt(rr, spec, s.reranker_precision, load_ms, figures)
         # The model a swap chose before a restart, checked as any swap; never fails the start.
         self.registry.restore()
@@ -690,7 +702,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(service.admin_pool, service.load)
+        try:
+            await loop.run_in_executor(service.admin_pool, service.load)
+        except BaseException:
+            # A refused start (a model that fails validation) lets go of the collection's
+            # writer lock and the pools, so the same process can start again.
+            await loop.run_in_executor(None, service.close)
+            raise
         tasks: list[asyncio.Task[None]] = []
         hup = _install_sighup(loop, service)
         if settings.watch_models:
@@ -936,7 +954,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     async def update_reranker(body: ModelUpdateIn) -> dict[str, Any]:
         """Load beside the serving model, validate, swap; on any failure the old one stays
-        (422 ``model_rejected`` says why)."""
+        (422 ``model_rejected`` says why). Validation refuses a model that ranks the shipped
+        sanity set no better than chance unless ``"sanity_check": false``."""
         _, _, reg = service.need()
         if (body.path is None) == (body.name is None):
             raise ApiError(
@@ -946,7 +965,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         spec = body.name if body.name is not None else body.path
         assert spec is not None
         rec = await service.run(
-            service.admin_pool, functools.partial(reg.update, kind=kind), spec, body.precision
+            service.admin_pool,
+            functools.partial(reg.update, kind=kind, sanity_check=body.sanity_check),
+            spec,
+            body.precision,
         )
         prev = reg.previous
         return {"status": "active", "model": rec.to_dict(), "previous": prev and prev.to_dict()}
@@ -1119,9 +1141,9 @@ def _model_spec(body: ModelUpdateIn, role: str) -> ModelSpec:
             422, "invalid_request", f"{role}: give exactly one of 'path' (a model folder) or 'name'"
         )
     if body.name is not None:
-        return ModelSpec("name", body.name, body.precision)
+        return ModelSpec("name", body.name, body.precision, body.sanity_check)
     assert body.path is not None
-    return ModelSpec("path", body.path, body.precision)
+    return ModelSpec("path", body.path, body.precision, body.sanity_check)
 
 
 def _check_search(

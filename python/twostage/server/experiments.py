@@ -113,16 +113,20 @@ class ModelSpec:
     kind: Literal["name", "path"]
     spec: str
     precision: Precision | None = None
+    sanity_check: bool = True  # False: the request waived the sanity check for this model
 
     def to_dict(self) -> dict[str, Any]:
         """``{"path"|"name": spec, "precision": ...}``, the request's own shape."""
-        return {self.kind: self.spec, "precision": self.precision}
+        out: dict[str, Any] = {self.kind: self.spec, "precision": self.precision}
+        if not self.sanity_check:
+            out["sanity_check"] = False
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         """The inverse of :meth:`to_dict`."""
         kind: Literal["name", "path"] = "name" if "name" in d else "path"
-        return cls(kind, str(d[kind]), d.get("precision"))
+        return cls(kind, str(d[kind]), d.get("precision"), d.get("sanity_check") is not False)
 
 
 # ---- the store -----------------------------------------------------------------------------
@@ -477,7 +481,9 @@ class Experiments:
 
     def _engine_for(self, spec: ModelSpec, role: str, expect: str | None) -> Engine:
         try:
-            rec, rr = self._registry.candidate(spec.spec, spec.precision, kind=spec.kind)
+            rec, rr = self._registry.candidate(
+                spec.spec, spec.precision, kind=spec.kind, sanity_check=spec.sanity_check
+            )
         except ApiError as e:
             raise ApiError(
                 e.status, e.code, f"the {role}: {e.message}", details=e.details

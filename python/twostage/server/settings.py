@@ -146,6 +146,10 @@ class ServerSettings:
     #: "relevance"}]} per line; a candidate whose NDCG@10 on it is below the floor is refused.
     validation_set: Path | None = None
     ndcg_floor: float | None = None
+    #: Refuse a reranker that ranks the shipped sanity set (:mod:`twostage.sanity`) no better
+    #: than chance: at start, on a swap, for an experiment, on a restore. False: the check is
+    #: not run (a request can also waive it for one model: ``"sanity_check": false``).
+    sanity_check: bool = True
     #: Poll the active model's folder and reload it when its files change (opt-in).
     watch_models: bool = False
     watch_interval_s: float = 2.0
