@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from twostage._core import Index
-from twostage.document import Document
+from twostage.document import Document, DocumentLike, as_document
 from twostage.encoder import Encoder
 from twostage.errors import (
     CorruptIndex,
@@ -369,14 +369,22 @@ class Collection:
 
     # ---- writes ----
     def add(
-        self, docs: Sequence[Document], *, batch_size: int = 32, meta: dict[str, str] | None = None
+        self,
+        docs: Sequence[DocumentLike],
+        *,
+        batch_size: int = 32,
+        meta: dict[str, str] | None = None,
     ) -> AddResult:
         """Embed and upsert ``docs``: an id that exists is replaced (its key is kept).
 
-        The batch is validated and embedded before anything is written; the store commits it
-        in one transaction, then the index takes the vectors.
+        Each document is a :class:`~twostage.document.Document` or a dict with its keys
+        (``id``, ``text``, ``title``, ``metadata``; :meth:`Document.from_dict`). The batch is
+        validated and embedded before anything is written; the store commits it in one
+        transaction, then the index takes the vectors.
 
         >>> col.add([Document("d1", "new text")]).updated  # doctest: +SKIP
+        1
+        >>> col.add([{"id": "d2", "text": "more", "metadata": {"n": 1}}]).inserted  # doctest: +SKIP
         1
         """
         docs = _check_docs(docs)
@@ -932,14 +940,13 @@ def _encoder_identity(encoder: Encoder) -> dict[str, Any]:
     }
 
 
-def _check_docs(docs: Sequence[Document]) -> list[Document]:
-    if isinstance(docs, Document):
-        raise InvalidArgument("docs must be a list of Document, not a single Document")
-    out = list(docs)
-    for i, d in enumerate(out):
-        if not isinstance(d, Document):
-            raise InvalidArgument(f"docs[{i}] is {type(d).__name__}, expected Document")
-    return out
+def _check_docs(docs: Sequence[DocumentLike]) -> list[Document]:
+    if isinstance(docs, (Document, dict, str, bytes)):
+        raise InvalidArgument(
+            f"docs must be a list of documents (Document or dict), not a single "
+            f"{type(docs).__name__}"
+        )
+    return [as_document(d, f"docs[{i}]") for i, d in enumerate(docs)]
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

@@ -8,8 +8,9 @@ Document(id='d1', text='HNSW is a graph index.', title='ANN', metadata=None)
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from twostage.errors import InvalidArgument
 
@@ -114,5 +115,48 @@ class Document:
             return f"{self.title}\n\n{self.text}"
         return self.title or self.text
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Document:
+        """A document from a mapping with the keys ``id`` (required), ``text``, ``title`` and
+        ``metadata``, as JSON APIs hand them over; any other key is refused by name.
 
-__all__ = ["MAX_ID_BYTES", "MAX_TEXT_CHARS", "Document", "check_json_unicode", "check_unicode"]
+        >>> Document.from_dict({"id": "d1", "text": "HNSW is a graph index.", "title": "ANN"})
+        Document(id='d1', text='HNSW is a graph index.', title='ANN', metadata=None)
+        """
+        if not isinstance(d, Mapping):
+            raise InvalidArgument(f"expected a mapping, not {type(d).__name__}")
+        unknown = sorted(str(k) for k in d if k not in _FIELDS)
+        if unknown:
+            raise InvalidArgument(
+                f"document {d.get('id')!r}: unknown keys {unknown} (id, text, title, metadata)"
+            )
+        if "id" not in d:
+            raise InvalidArgument(f"a document needs an 'id' (keys given: {sorted(map(str, d))})")
+        return cls(d["id"], d.get("text", ""), d.get("title", ""), d.get("metadata"))
+
+
+_FIELDS = ("id", "text", "title", "metadata")
+
+#: What a collection's ``add`` takes per document: a :class:`Document` or a mapping with its
+#: keys (:meth:`Document.from_dict`).
+DocumentLike: TypeAlias = "Document | Mapping[str, Any]"
+
+
+def as_document(d: object, where: str = "document") -> Document:
+    """``d`` itself if it is a :class:`Document`, else :meth:`Document.from_dict` of it."""
+    if isinstance(d, Document):
+        return d
+    if isinstance(d, Mapping):
+        return Document.from_dict(d)
+    raise InvalidArgument(f"{where} is {type(d).__name__}, expected a Document or a dict")
+
+
+__all__ = [
+    "MAX_ID_BYTES",
+    "MAX_TEXT_CHARS",
+    "Document",
+    "DocumentLike",
+    "as_document",
+    "check_json_unicode",
+    "check_unicode",
+]
