@@ -9,12 +9,12 @@ build --out`` into it), else one built by the ingest pipeline into a cache
 collection is used only if it holds exactly the corpus's ids and was embedded by the encoder
 asked for; otherwise the reason is said and the cache is used.
 
-Each first stage (dense, bm25, hybrid) retrieves 1,000 candidates per query, and each
-reranker scores the top ``max(depths)`` of them once; the run at a smaller depth reranks only
-that prefix and keeps the rest in first-stage order, exactly what ``Engine.search(depth=d)``
-returns with no budget. Collections whose queries are also documents (ArguAna, Quora) can
-drop each query's own document from its rankings (``ignore_self``), as BEIR's evaluation
-does.
+Each first stage (dense, bm25, hybrid) retrieves 1,000 candidates per query; each reranked
+run is what ``Engine.search(depth=d)`` returns with no budget (the cascade's top ``d``
+scored and fused, the rest after them), one search per depth, each (query, document) pair
+scored once thanks to the engine's score cache. Collections whose queries are also
+documents (ArguAna, Quora) can drop each query's own document from its rankings
+(``ignore_self``), as BEIR's evaluation does.
 
 Metrics come from :mod:`twostage.metrics` (ir-measures, trec_eval's definitions): NDCG@10,
 MRR@10 (``RR@10``), MAP@100 (``AP@100``), Recall@10/100/1000; a judged query with no result
@@ -118,29 +118,30 @@ def reranked_rankings(
     progress: bool | None = False,
     desc: str = "",
 ) -> tuple[dict[int, Ranking], float]:
-    """Rankings at each rerank depth from one reranked search per query at the deepest.
+    """Each query's ranking at each rerank depth: what ``engine.search(depth=d)`` answers
+    with no budget, one search per depth.
 
-    The top ``d`` first-stage candidates ordered by the final (fused) score, then the
-    rest in first-stage order: what ``engine.search(depth=d)`` answers with no budget.
+    A depth-``d`` answer cannot be cut out of a deeper one: the cascade scores the top ``d``
+    of its cheap order (not of the first stage's), and the fused score is normalised over
+    the candidates scored. The cross-encoder's work is still paid once per pair: depths run
+    shallow to deep and ``engine``'s score cache (keep it on) answers the pairs a shallower
+    depth scored.
     """
-    deepest = max(depths)
     out: dict[int, Ranking] = {d: {} for d in depths}
     t0 = time.perf_counter()
     with Progress(
-        desc or f"rerank {first_stage}@{deepest}",
+        desc or f"rerank {first_stage}@{','.join(map(str, sorted(depths)))}",
         len(queries),
         unit="queries",
         progress=progress,
         leave=False,
     ) as bar:
         for qid, text in queries.items():
-            resp = engine.search(text, k=max(k, deepest), depth=deepest, first_stage=first_stage)
-            if resp.degraded:
-                raise RuntimeError(f"query {qid}: reranking degraded ({resp.degraded_reason})")
-            by_rank = sorted(resp.hits, key=lambda h: h.first_stage_rank)
-            for d in depths:
-                top = sorted(by_rank[:d], key=lambda h: (-h.score, h.first_stage_rank))
-                out[d][qid] = [h.id for h in top] + [h.id for h in by_rank[d:k]]
+            for d in sorted(depths):
+                resp = engine.search(text, k=max(k, d), depth=d, first_stage=first_stage)
+                if resp.degraded:
+                    raise RuntimeError(f"query {qid}: reranking degraded ({resp.degraded_reason})")
+                out[d][qid] = [h.id for h in resp.hits[:k]]
             bar.update(1)
     return out, time.perf_counter() - t0
 
@@ -508,7 +509,7 @@ def _evaluate_one(
                 fs,
                 depths,
                 progress=progress,
-                desc=f"{ds.name}: {fs}+{short_name(spec)}@{max(depths)}",
+                desc=f"{ds.name}: {fs}+{short_name(spec)}",
             )
             seconds[f"{fs}+{spec}"] = took
             for d, ranking in by_depth.items():
@@ -536,7 +537,7 @@ def _evaluate_one(
     for c in configs:
         per[c.name] = per_query(ds.qrels, rankings[c.name])
         c.metrics = aggregate(per[c.name])
-        for d in depths:  # the recall of the candidates a depth-d rerank sees
+        for d in depths:  # a depth-d run's top d: the candidates its reranker scored
             c.metrics.setdefault(f"R@{d}", _recall_at(ds.qrels, rankings[c.name], d))
         if out_dir is not None:
             digest = _digest(rankings[c.name])

@@ -137,20 +137,20 @@ def _dataset_section(ds: DatasetResult, ev: Evaluation) -> list[str]:
             fit = ds.affordable_depth(rr, fs)
             lines += [
                 f"Depth curve, `{fs}` + `{rr}` (latency: {int(next(iter(lat.values()))['n'])} "
-                f"queries, no budget, caches off; budget {ds.budget_ms:.0f} ms):",
+                f"queries, no budget, caches off; budget {ds.budget_ms:.0f} ms; Recall@depth: "
+                "of the candidates the cross-encoder scored):",
                 "",
                 _row(["depth", "NDCG@10", "Recall@depth", "p50 ms", "p99 ms", "fits"]),
                 _row(["---"] * 6),
             ]
             for d in sorted(lat):
                 c = next(x for x in ds.configs if x.name == f"{fs}+{short_name(rr)}@{d}")
-                first = ds.table()[fs]
                 lines.append(
                     _row(
                         [
                             str(d),
                             f"{c.metrics['nDCG@10']:.4f}",
-                            f"{first[f'R@{d}']:.4f}",
+                            f"{c.metrics[f'R@{d}']:.4f}",
                             f"{lat[d]['p50']:.1f}",
                             f"{lat[d]['p99']:.1f}",
                             "yes" if lat[d]["p99"] <= ds.budget_ms else "no",
@@ -195,7 +195,7 @@ def _plot(ds: DatasetResult, out: Path) -> Path | None:
         depths.update(xs)
         name = f"{fs} + {short_name(rr)}" if len(ds.latency) > 1 else fs
         ax.plot(xs, [c.metrics["nDCG@10"] for c in cfgs], "o-", color=col, label=f"{name}: NDCG@10")
-        ax.plot(xs, [table[fs][f"R@{d}"] for d in xs], "s--", color=col, alpha=0.5)
+        ax.plot(xs, [c.metrics[f"R@{c.depth}"] for c in cfgs], "s--", color=col, alpha=0.5)
         ax.axhline(table[fs]["nDCG@10"], color=col, lw=0.8, ls=":")
         lat = ds.latency.get(rr, {}).get(fs)
         if lat:
