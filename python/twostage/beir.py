@@ -73,7 +73,7 @@ class Dataset:
             qrels = {q: r for q, r in qrels.items() if q in queries}
         if not qrels:
             raise InvalidArgument(f"{qrels_file}: no judged query has a text in queries.jsonl")
-        return cls(path.name, path, split, corpus, queries, qrels)
+        return cls(path.resolve().name, path, split, corpus, queries, qrels)
 
 
 def read_qrels(path: str | os.PathLike[str]) -> Qrels:
