@@ -170,8 +170,9 @@ def test_canonical_equality_is_python_equality() -> None:
 
 
 def test_the_plan_scans_small_sets_exactly() -> None:
-    assert exact_is_cheaper(1, 5_000) and exact_is_cheaper(2_000, 1_000_000)
-    assert not exact_is_cheaper(500_000, 1_000_000)
+    assert exact_is_cheaper(1, 5_000, 128) and exact_is_cheaper(2_000, 1_000_000, 128)
+    assert not exact_is_cheaper(500_000, 1_000_000, 128)
+    assert not exact_is_cheaper(2_500, 5_000, 128) and exact_is_cheaper(2_500, 5_000, 1024)
 
 
 # ---- a collection: searches, writes, reopen, a read-only follower -------------------------

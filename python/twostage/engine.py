@@ -749,7 +749,9 @@ class Engine:
             k = max(min(ask, len(index)), 1)
             if allowed is None:
                 res = index.search(vec, k=k, ef=self.config.ef_search)
-            elif exact_is_cheaper(allowed.count, len(index)):
+            elif exact_is_cheaper(
+                allowed.count, len(index), max(k, self.config.ef_search or index.ef_search)
+            ):
                 res = index.search_exact(vec, allowed.keys, k=k)
             else:
                 res = index.search(vec, k=k, ef=self.config.ef_search, allowed=allowed.mask)

@@ -7,8 +7,9 @@ reading a document: per metadata field, each document's value as a small integer
 an array indexed by the document's key. A filter turns into a boolean mask over keys (one
 comparison per field, vectorised) that the first stage applies while it searches:
 
-- few allowed keys (:func:`exact_is_cheaper`): the exact top-k among them, a brute-force
-  scan of their vectors (:meth:`twostage._core.Index.search_exact`);
+- few allowed keys (:func:`exact_is_cheaper`: up to ~2,300 of SciFact's 5,183, ~10,000 of
+  100k, ~32,000 of 1M): the exact top-k among them, a brute-force scan of their vectors
+  (:meth:`twostage._core.Index.search_exact`);
 - otherwise: the HNSW walk with the mask checked at each node it reaches
   (``Index.search(allowed=mask)``), which slows as the allowed share shrinks because the walk
   must pass through more disallowed nodes to see ``ef`` allowed ones;
@@ -242,17 +243,24 @@ class MetadataIndex:
 
 # ---- choosing how to search an allowed set -------------------------------------------------
 
-# Measured in benches/filter.py (BENCHMARKS.md, "Filters"): below this many allowed keys the
-# exact scan beats the filtered walk at every collection size tried; above it, the walk wins
-# once the set is more than EXACT_SHARE of the collection.
-EXACT_MIN_KEYS = 2048
-EXACT_SHARE = 0.05
+# The filtered walk keeps going until it has seen `width` (= max(ef, k)) allowed nodes, so it
+# reaches about width / share nodes (each with its neighbours' distances); the scan computes
+# one distance per allowed key, share * total. They cost the same where
+# count^2 = EXACT_FACTOR * width * total; measured at 100k x 384 f16 (benches/filter.py,
+# BENCHMARKS.md "Filters"): the walk and the scan tie near 10 % (10,000 keys) at width 128.
+EXACT_FACTOR = 8.0
 
 
-def exact_is_cheaper(count: int, total: int) -> bool:
-    """Whether the exact scan of ``count`` allowed keys is cheaper than a filtered walk over
-    a graph of ``total`` keys."""
-    return count <= EXACT_MIN_KEYS or count <= EXACT_SHARE * total
+def exact_is_cheaper(count: int, total: int, width: int) -> bool:
+    """Whether scanning ``count`` allowed keys exactly costs less than a filtered walk of
+    ``width`` (max(ef, k)) over a graph of ``total`` keys.
+
+    >>> exact_is_cheaper(52, 5_183, 128), exact_is_cheaper(2_592, 5_183, 128)
+    (True, False)
+    >>> exact_is_cheaper(30_000, 1_000_000, 128), exact_is_cheaper(50_000, 1_000_000, 128)
+    (True, False)
+    """
+    return count * count <= EXACT_FACTOR * width * total
 
 
 __all__ = ["KeySet", "MetadataIndex", "Unindexable", "canonical", "exact_is_cheaper"]

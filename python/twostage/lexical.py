@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -53,9 +54,12 @@ STOP_WORDS = frozenset(
 _WORD = re.compile(r"\w+")
 _HEAP = 64 * 1024 * 1024  # tantivy's indexing arena; it flushes a segment when full
 _LOCK_WAIT_S = 30.0
-# A filter allowing up to this many keys joins the query as a term set on the key field;
-# beyond it a longer top list is cut to the allowed keys (benches/filter.py measured both).
-TERM_SET_MAX = 4096
+# A filter's keys join the query as a term set on the key field while there are at most
+# TERM_SET_FACTOR * sqrt(k * documents) of them; beyond that a longer top list is cut to the
+# allowed keys. A term set costs about 3.6 µs a key; the cut about 14 µs per listed hit (its
+# stored key is read), and it lists ~2k / share hits: equal where count^2 = 4 k documents
+# (benches/filter.py, BENCHMARKS.md "Filters").
+TERM_SET_FACTOR = 2.0
 # Indexes up to this size read every key back on open (about 20 ms per 10k documents here);
 # bigger ones rely on `twostage index check` and on each search, which names the damage.
 VERIFY_ON_OPEN_DOCS = 200_000
@@ -242,7 +246,7 @@ class LexicalIndex:
 
         A query with no indexable word (only stop words or punctuation) matches nothing.
         With ``allowed`` (a metadata filter's keys, :mod:`twostage.filters`), only those:
-        a set of up to :data:`TERM_SET_MAX` keys joins the query as a term set on the key
+        a small set (:data:`TERM_SET_FACTOR`) joins the query as a term set on the key
         field (scored 0, so BM25 scores are unchanged); a larger one cuts a longer top list
         to its keys, asking for as many more as its share of the index says.
         """
@@ -251,7 +255,7 @@ class LexicalIndex:
             return np.empty(0, np.uint64), np.empty(0, np.float32)
         # Lenient: the terms hold no syntax, but a parse error must never fail a search.
         parsed, _ = self._index.parse_query_lenient(" ".join(terms), ["body"])
-        if allowed is not None and allowed.count <= TERM_SET_MAX:
+        if allowed is not None and allowed.count <= TERM_SET_FACTOR * math.sqrt(k * len(self)):
             among = tantivy.Query.term_set_query(
                 self._index.schema, "key", [str(key) for key in allowed.keys.tolist()]
             )
