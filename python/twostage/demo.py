@@ -1,7 +1,7 @@
 """The main job on the embedded defaults, end to end on this machine: ``./dev demo``.
 
-1. Models: the built-in MiniLM-L6 encoder (exported to int8 ONNX from the packaged weights on
-   first use) and the shipped cross-encoder reranker, if this install has one.
+1. Models: the built-in MiniLM-L6 encoder and the cross-encoder reranker, both shipped in the
+   package as int8 ONNX.
 2. Corpus: the Python standard library's own documentation on this machine (language
    reference topics and docstrings, read without importing anything), split into passages:
    no download. Indexed with the resumable ingest pipeline into a collection under the cache.
