@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from twostage.config import DEFAULT_BUDGET_MS
 from twostage.errors import TwostageError
 
 if TYPE_CHECKING:
@@ -255,7 +256,12 @@ def _parser() -> argparse.ArgumentParser:
         "shipped reranker; 'none': first stages only)",
     )
     ev.add_argument("--fusion", type=float, default=None, help="override score fusion weight")
-    ev.add_argument("--budget-ms", type=float, default=150.0, help="for the affordable depth")
+    ev.add_argument(
+        "--budget-ms",
+        type=float,
+        default=DEFAULT_BUDGET_MS,
+        help="for the affordable depth (default: %(default)s, the serving default)",
+    )
     ev.add_argument(
         "--latency-queries",
         type=int,
