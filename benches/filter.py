@@ -1,7 +1,7 @@
 """Metadata filters: inside the first stage (twostage.filters) against the check after it.
 
-Two parts, both interleaved per query (the methods' order rotates), so machine drift hits
-every method alike:
+Two parts, both interleaved per query (the methods in a fresh random order each time), so
+machine drift hits every method alike:
 
 1. **SciFact, the engine's first stage** (`Engine._first_stage`, the step that searches and
    fetches the candidates the reranker would read). SciFact's 5,183 documents get synthetic
@@ -214,6 +214,7 @@ def scifact_part(args: argparse.Namespace) -> dict[str, Any]:
         fused, _ = rrf([np.asarray(d, np.uint64), np.asarray(lex, np.uint64)], k=n, c=60.0)
         return [int(x) for x in fused.tolist()]
 
+    rng = np.random.default_rng(args.seed)
     methods = {
         "dense": ["planned", "walk", "scan", "post"],
         "bm25": ["planned", "termset", "cut", "post"],
@@ -233,8 +234,10 @@ def scifact_part(args: argparse.Namespace) -> dict[str, Any]:
             r10: dict[str, list[float]] = {h: [] for h in hows}
             r100: dict[str, list[float]] = {h: [] for h in hows}
             for i in range(len(queries)):
-                order = hows[i % len(hows) :] + hows[: i % len(hows)]
-                for h in order:
+                # A fresh random order per query: a fixed rotation would run one method
+                # right after the same other one (the slow post-filter's garbage and evicted
+                # caches would land on it) every time.
+                for h in rng.permutation(hows).tolist():
                     got, ms = fns[h](i, filt)
                     times[h].append(ms)
                     for store, k in ((r10, 10), (r100, 100)):
@@ -322,7 +325,7 @@ def synthetic_part(args: argparse.Namespace) -> dict[str, Any]:
         for h in names:
             hows[h](qs[0])
         for i, q in enumerate(qs):
-            for h in names[i % len(names) :] + names[: i % len(names)]:
+            for h in rng.permutation(names).tolist():
                 t0 = time.perf_counter()
                 got = hows[h](q)
                 times[h].append((time.perf_counter() - t0) * 1000)
@@ -374,6 +377,59 @@ def metadata_part(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def markdown(res: dict[str, Any]) -> str:
+    """The tables BENCHMARKS.md shows, from a result file."""
+
+    def f(x: float | None, nd: int = 1) -> str:
+        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+    out: list[str] = []
+    sc = res.get("scifact")
+    if sc:
+        out.append(
+            f"SciFact ({sc['documents']:,} documents, {sc['queries']} test queries, "
+            f"n = {sc['n']} candidates, ef {sc['ef_search'] or 'index default'}); first stage "
+            "including the document fetch, ms:\n"
+        )
+        out.append("| filter (allowed) | first stage | method | p50 | p99 | R@10 | R@100 |")
+        out.append("|---|---|---|---:|---:|---:|---:|")
+        for r in sc["rows"]:
+            out.append(
+                f"| {r['filter']} {r['share']:.1%} ({r['allowed']:,}) | {r['mode']} | "
+                f"{r['method']} | {f(r['p50_ms'])} | {f(r['p99_ms'])} | "
+                f"{f(r['recall@10'], 3)} | {f(r['recall@100'], 3)} |"
+            )
+        out.append(
+            f"\nMetadata index built from the store in {sc['metadata_build_s'] * 1000:.0f} ms.\n"
+        )
+    syn = res.get("synthetic")
+    if syn:
+        out.append(
+            f"Synthetic {syn['n']:,} x {syn['dim']} {syn['dtype']} (built in "
+            f"{syn['build_s']:.0f} s), the index alone, k = {syn['k']}, ef {syn['ef']}, ms:\n"
+        )
+        out.append("| allowed | method | p50 | p99 | R@10 | R@100 |")
+        out.append("|---|---|---:|---:|---:|---:|")
+        for r in syn["rows"]:
+            out.append(
+                f"| {r['share']:.1%} ({r['allowed']:,}) | {r['method']} | {f(r['p50_ms'])} | "
+                f"{f(r['p99_ms'])} | {f(r['recall@10'], 3)} | {f(r['recall@100'], 3)} |"
+            )
+    meta = res.get("metadata")
+    if meta:
+        out.append(
+            f"\nMetadata index from {meta['rows']:,} rows x {meta['fields']} fields: built in "
+            f"{meta['build_s']:.1f} s, {meta['bytes'] / 2**20:.1f} MiB of codes; resolving a "
+            "filter (p50 / p99 ms): "
+            + "; ".join(
+                f"{k} {v['p50_ms']:.2f} / {v['p99_ms']:.2f}"
+                for k, v in meta.items()
+                if isinstance(v, dict)
+            )
+        )
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scifact", help="a built SciFact collection (default: eval's cache)")
@@ -391,7 +447,11 @@ def main() -> None:
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-scifact", action="store_true")
     ap.add_argument("--out", default=str(OUT / "filter.json"))
+    ap.add_argument("--table", help="print the markdown tables of a result file and exit")
     args = ap.parse_args()
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())))
+        return
     OUT.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"command": " ".join(sys.argv), "machine": machine()}
     print(json.dumps(res["machine"]), flush=True)
@@ -402,6 +462,7 @@ def main() -> None:
         res["synthetic"] = synthetic_part(args)
     res["machine"]["load_average_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(res, indent=2))
+    print(markdown(res))
     print(f"wrote {args.out}")
 
 
