@@ -113,6 +113,33 @@ def test_the_shipped_reranker_with_its_head_zeroed_is_refused(heads: Path) -> No
     assert "no better than chance" in (result.reason or "")
 
 
+def test_an_engine_swap_refuses_a_model_at_chance_unless_told(
+    heads: Path, shipped: Reranker, tmp_path: Path
+) -> None:
+    """The library's swap runs the same gate as the server's: refused, nothing changes;
+    ``sanity_check=False`` installs it."""
+    from twostage.collection import Collection
+    from twostage.encoder import Encoder
+    from twostage.engine import Engine
+    from twostage.errors import InvalidModel
+
+    col = Collection.create(tmp_path / "col", Encoder.load("minilm-l6"))
+    try:
+        col.add([{"id": "a", "text": "HNSW is a graph index for nearest neighbours."}])
+        engine = Engine(col, reranker=shipped)
+        broken = Reranker.load(broken_head(SHIPPED, heads / "zero-swap", None))
+        generation = engine.reranker_generation
+        with pytest.raises(InvalidModel, match="no better than chance"):
+            engine.swap_reranker(broken)
+        assert engine.reranker is shipped and engine.reranker_generation == generation
+        engine.swap_reranker(broken, sanity_check=False)
+        assert engine.reranker is broken
+        engine.swap_reranker(shipped)  # passes (and is remembered as passed)
+        assert engine.reranker is shipped
+    finally:
+        col.close()
+
+
 def test_random_heads_on_the_shipped_body_rank_right_or_reversed(
     shipped: Reranker, heads: Path
 ) -> None:

@@ -49,7 +49,7 @@ from twostage.config import (
 )
 from twostage.document import check_json_unicode, check_unicode
 from twostage.encoder import Encoder
-from twostage.errors import EncoderMismatch, InvalidArgument, KeyNotFound
+from twostage.errors import EncoderMismatch, InvalidArgument, InvalidModel, KeyNotFound
 from twostage.filters import KeySet, exact_is_cheaper
 from twostage.fusion import first_stage_signals, fuse_signals
 from twostage.reranker import Pairs, Reranker
@@ -298,6 +298,7 @@ class Engine:
         # Measured reranker cost per padded token, by model version: predicts batch time.
         self._cost: dict[str, float] = {}
         self._cost_lock = threading.Lock()
+        self._sane: set[str] = set()  # reranker versions that passed the sanity check
         if reranker is not None:
             self._warm(reranker)
         self._slot = Slot(reranker)
@@ -317,16 +318,32 @@ class Engine:
         """Increments on every swap."""
         return self._slot.version
 
-    def swap_reranker(self, reranker: Reranker | None) -> int:
+    def swap_reranker(self, reranker: Reranker | None, *, sanity_check: bool = True) -> int:
         """Install ``reranker`` atomically; returns the new slot generation.
 
-        The new model is warmed (one batch, which also measures its speed for the deadline)
-        before it is installed, so the first search after the swap does not pay for it.
-        Searches already running finish with the model they started with.
+        The new model must rank the shipped sanity set (:mod:`twostage.sanity`, 240 judged
+        pairs, ~1 s) better than chance, else :class:`~twostage.errors.InvalidModel` names its
+        accuracy and nothing changes; ``sanity_check=False`` installs it anyway (a model for
+        another language or domain, say). A version that passed once is not checked again.
+        It is then warmed (one batch, which also measures its speed for the deadline), so the
+        first search after the swap does not pay for it. Searches already running finish with
+        the model they started with.
+
+        >>> engine.swap_reranker(Reranker.load("path/to/cross-encoder"))  # doctest: +SKIP
         """
         if reranker is not None:
             if not isinstance(reranker, Reranker):
                 raise InvalidArgument(f"expected a Reranker, got {type(reranker).__name__}")
+            if sanity_check and reranker.version not in self._sane:
+                from twostage.sanity import check_reranker
+
+                result = check_reranker(reranker)
+                if not result.passed:
+                    raise InvalidModel(
+                        f"reranker {reranker.version} ranks the sanity set no better than "
+                        f"chance ({result.summary()}); sanity_check=False installs it anyway"
+                    )
+                self._sane.add(reranker.version)
             self._warm(reranker)
         generation: int = self._slot.swap(reranker)
         return generation

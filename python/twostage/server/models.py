@@ -280,7 +280,7 @@ class ModelRegistry:
                 )
             prev, cur = self._previous, self._current
             t0 = time.perf_counter()
-            self._engine.swap_reranker(prev[1])
+            self._engine.swap_reranker(prev[1], sanity_check=False)  # it was checked (or waived)
             prev[0].status, prev[0].swap_ms = "active", _ms(t0)
             if cur is not None:
                 cur[0].status = "previous"
@@ -412,7 +412,8 @@ class ModelRegistry:
             raise
         t2 = time.perf_counter()
         try:
-            self._engine.swap_reranker(rr)  # warms it, refuses non-finite warm-up scores
+            # Validated above (or the check waived): warms it, refuses non-finite warm-up scores.
+            self._engine.swap_reranker(rr, sanity_check=False)
         except Exception as e:
             log.warning("model %s: the warm-up failed: %s", spec, e)
             raise reject(
