@@ -249,3 +249,34 @@ def test_a_swap_refuses_a_model_at_chance_unless_told(tmp_path: Path) -> None:
     with TestClient(create_app(settings(reranker=str(root / "reversed"), sanity_check=False))) as c:
         model = c.get("/models").json()["reranker"]
         assert model["version"].startswith("reversed@") and "sanity" not in model["validation"]
+
+
+def test_serve_refusing_its_reranker_says_why_in_one_line(heads: Path, tmp_path: Path) -> None:
+    """A refused start is one line naming the model and the way out, not a traceback."""
+    import os
+    import subprocess
+
+    bin_dir = Path(sys.executable).parent
+    broken = broken_head(SHIPPED, heads / "zero-serve", None)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"_id": "a", "text": "HNSW is a graph index."}\n')
+    env = {**os.environ, "TWOSTAGE_TOKEN": "a-long-enough-token"}
+    run = [str(bin_dir / "twostage")]
+    subprocess.run(
+        [*run, "index", "build", "--corpus", str(corpus), "--out", str(tmp_path / "col")],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    done = subprocess.run(
+        [*run, "serve", str(tmp_path / "col"), "--port", "0", "--reranker", str(broken)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("twostage: error:") and "no better than chance" in last, last
+    assert "--no-sanity-check" in last

@@ -1,6 +1,7 @@
 """twostage.train: mining, listwise training, checkpoints, export, the shipped reranker.
 
-Tests that need PyTorch skip where it is absent (it is the optional extra ``twostage-search[train]``).
+Tests that need PyTorch skip where it is absent (it is the optional extra
+``twostage-search[train]``).
 They train for a few steps on a 1-2 layer slice of the real all-MiniLM-L6-v2 weights with
 real SciFact text (the package's own 1k sample, so no ``../shared`` is needed): mechanics,
 not quality. Quality is measured by the commands in TRAINING.md.

@@ -877,14 +877,32 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        timeout_graceful_shutdown=10,
-    )
+    app = create_app(settings)
+
+    def no_refusal_traceback(record: logging.LogRecord) -> bool:
+        # A refused start (a model failing validation, a locked collection) is said once,
+        # below, in a line; uvicorn would log the whole traceback of it.
+        return not (
+            getattr(app.state, "startup_error", None)
+            and str(record.msg).startswith("Traceback")
+        )
+
+    logging.getLogger("uvicorn.error").addFilter(no_refusal_traceback)
+    try:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=args.log_level,
+            access_log=args.access_log,
+            timeout_graceful_shutdown=10,
+        )
+    except SystemExit:
+        refused = getattr(app.state, "startup_error", None)
+        if refused is None:
+            raise
+        print(f"twostage: error: {refused}", file=sys.stderr)
+        return 1
     return 0
 
 

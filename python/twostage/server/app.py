@@ -81,6 +81,7 @@ from twostage.collection import Collection
 from twostage.config import default_reranker
 from twostage.document import Document
 from twostage.engine import Engine, SearchResponse
+from twostage.errors import TwostageError
 from twostage.reranker import Reranker
 from twostage.server.batching import Batcher
 from twostage.server.errors import STATUS_CODES, ApiError, BodyTooLarge, Overloaded, from_library
@@ -704,7 +705,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(service.admin_pool, service.load)
-        except BaseException:
+        except BaseException as e:
+            # What a refused start says in one line (the CLI prints it instead of a traceback).
+            if isinstance(e, (TwostageError, ApiError)):
+                app.state.startup_error = str(getattr(e, "message", None) or e)
             # A refused start (a model that fails validation) lets go of the collection's
             # writer lock and the pools, so the same process can start again.
             await loop.run_in_executor(None, service.close)

@@ -48,7 +48,7 @@ import numpy as np
 from twostage._memory import release_memory
 from twostage._models import BUILTINS
 from twostage.engine import Engine
-from twostage.errors import InvalidArgument
+from twostage.errors import InvalidArgument, InvalidModel
 from twostage.metrics import ndcg10_of_scores
 from twostage.reranker import Reranker
 from twostage.sanity import check_reranker
@@ -127,7 +127,7 @@ class _Unfit(Exception):
     """A model that loaded badly or failed validation (the message says why)."""
 
 
-class SanityRefused(ValueError):
+class SanityRefused(InvalidModel):
     """A reranker that ranks the sanity set no better than chance (:mod:`twostage.sanity`)."""
 
 

@@ -21,7 +21,8 @@ rows' positives are the in-batch negatives) and every mined negative.
 A new encoder changes every stored vector: unlike a reranker swap, it means re-embedding the
 corpus into a new collection (``twostage index reembed OLD --encoder FOLDER --out NEW``).
 
-Training needs PyTorch (``pip install 'twostage-search[train]'``); :func:`evaluate_encoder` does not.
+Training needs PyTorch (``pip install 'twostage-search[train]'``); :func:`evaluate_encoder`
+does not.
 
 >>> cfg = EncoderTrainConfig(data=[Path("mined/scifact.jsonl")], out=Path("enc"))  # doctest: +SKIP
 >>> train_encoder(cfg)  # doctest: +SKIP
