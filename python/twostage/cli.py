@@ -883,8 +883,7 @@ def _serve(args: argparse.Namespace) -> int:
         # A refused start (a model failing validation, a locked collection) is said once,
         # below, in a line; uvicorn would log the whole traceback of it.
         return not (
-            getattr(app.state, "startup_error", None)
-            and str(record.msg).startswith("Traceback")
+            getattr(app.state, "startup_error", None) and str(record.msg).startswith("Traceback")
         )
 
     logging.getLogger("uvicorn.error").addFilter(no_refusal_traceback)
