@@ -22,3 +22,26 @@ def twostage_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         del os.environ["TWOSTAGE_HOME"]
     else:
         os.environ["TWOSTAGE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def scifact_collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All of SciFact (5,183 abstracts) built once per session with the CLI, as a user
+    would (minutes on 2 cores): tests open it read-only, or copy it before changing it."""
+    import subprocess
+    import sys
+
+    corpus = SHARED / "data" / "scifact" / "corpus.jsonl.gz"
+    if not corpus.is_file():
+        pytest.skip(f"SciFact not found at {corpus} (the shared data sets sit beside the clone)")
+    out = tmp_path_factory.mktemp("scifact") / "col"
+    cmd = [sys.executable, "-m", "twostage", "index", "build", "--no-progress"]
+    done = subprocess.run(
+        [*cmd, "--corpus", str(corpus), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "5183 documents from 5183 lines" in done.stdout, done.stdout
+    return out

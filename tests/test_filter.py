@@ -332,37 +332,13 @@ def test_keyset_basics() -> None:
 # ---- SciFact: recall of the filtered walk against the exact filtered search ----------------
 
 
-def scifact_collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A built SciFact collection: one `twostage eval` cached, else built here (minutes)."""
-    home = Path.home() / ".cache" / "twostage" / "eval"
-    for cand in sorted(home.glob("scifact-*")):
-        try:
-            if json.loads((cand / "manifest.json").read_text())["documents"] == 5183:
-                return cand
-        except (OSError, ValueError, KeyError):
-            continue
-    import subprocess
-    import sys
-
-    out = tmp_path_factory.mktemp("scifact") / "col"
-    cmd = [sys.executable, "-m", "twostage", "index", "build", "--no-progress"]
-    done = subprocess.run(
-        [*cmd, "--corpus", str(SCIFACT / "corpus.jsonl.gz"), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert done.returncode == 0, done.stderr
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(
     not (SCIFACT / "corpus.jsonl.gz").is_file(),
     reason=f"SciFact not found at {SCIFACT} (the shared data sets sit beside the clone)",
 )
-def test_filtered_walk_recall_on_scifact(tmp_path_factory: pytest.TempPathFactory) -> None:
-    with Collection.open(scifact_collection(tmp_path_factory), read_only=True) as col:
+def test_filtered_walk_recall_on_scifact(scifact_collection: Path) -> None:
+    with Collection.open(scifact_collection, read_only=True) as col:
         keys = np.fromiter(col.store.keys(), dtype=np.uint64)
         vecs = col.store.embeddings(keys)
         m = col.manifest

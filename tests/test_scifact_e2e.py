@@ -50,18 +50,9 @@ def load_test_split() -> tuple[dict[str, str], dict[str, dict[str, int]]]:
 
 
 @pytest.fixture(scope="module")
-def collection_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("scifact") / "col"
-    cmd = [sys.executable, "-m", "twostage", "index", "build", "--no-progress"]
-    done = subprocess.run(
-        [*cmd, "--corpus", str(SCIFACT / "corpus.jsonl.gz"), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "5183 documents from 5183 lines" in done.stdout
-    return out
+def collection_dir(scifact_collection: Path) -> Path:
+    """The session's SciFact collection (conftest), built once with `twostage index build`."""
+    return scifact_collection
 
 
 def ndcg_and_recall(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict:
