@@ -734,8 +734,8 @@ impl Index {
     /// [`Index::search`] restricted to `allowed` keys, checked inside the graph walk: every
     /// node is still walked through, but only allowed ones enter the result list, so the
     /// walk goes on until `max(k, ef)` allowed keys were seen (or the graph is exhausted).
-    /// Its cost grows as the allowed share shrinks: below a few percent, [`Index::search_exact`]
-    /// over the allowed keys is cheaper and exact.
+    /// Its cost grows as the allowed share shrinks: below ~10 % of 100k keys (BENCHMARKS.md
+    /// §12), [`Index::search_exact`] over the allowed keys is cheaper, and exact.
     pub fn search_filtered(
         &self,
         queries: &[f32],
