@@ -36,6 +36,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -57,30 +58,37 @@ MARGIN_SD = 4.0
 JudgedQuery = tuple[str, list[str], list[float]]
 
 
-def load_judged_set(path: str | os.PathLike[str] | None = None) -> list[JudgedQuery]:
+def load_judged_set(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    relevance: Callable[[Any], float] = float,
+    what: str = "judged set",
+) -> list[JudgedQuery]:
     """A judged set in JSONL, one query a line: ``{"query": str, "documents": [{"text":
     str, "relevance": number}, ...]}`` (other keys are ignored). Default: :data:`SANITY_SET`.
+    ``relevance`` reads each grade (a ``ValueError`` refuses it, naming the line); ``what``
+    names the set in errors.
     """
     where = Path(path) if path is not None else SANITY_SET
     out: list[JudgedQuery] = []
     try:
         lines = where.read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise InvalidArgument(f"cannot read the judged set {where}: {e.strerror}") from e
+        raise InvalidArgument(f"cannot read the {what} {where}: {e.strerror}") from e
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
             docs = [str(d["text"]) for d in row["documents"]]
-            rels = [float(d.get("relevance", 0)) for d in row["documents"]]
+            rels = [relevance(d.get("relevance", 0)) for d in row["documents"]]
             out.append((str(row["query"]), docs, rels))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise InvalidArgument(
                 f"{where}:{n}: expected {{'query', 'documents': [{{'text', 'relevance'}}]}}: {e}"
             ) from e
     if not out:
-        raise InvalidArgument(f"the judged set {where} has no queries")
+        raise InvalidArgument(f"the {what} {where} has no queries")
     return out
 
 

@@ -48,10 +48,10 @@ import numpy as np
 from twostage._memory import release_memory
 from twostage._models import BUILTINS
 from twostage.engine import Engine
-from twostage.errors import InvalidArgument, InvalidModel
+from twostage.errors import InvalidModel
 from twostage.metrics import ndcg10_of_scores
 from twostage.reranker import Reranker
-from twostage.sanity import check_reranker
+from twostage.sanity import check_reranker, load_judged_set
 from twostage.server.errors import ApiError, from_library
 from twostage.server.security import (
     check_model_files,
@@ -594,26 +594,8 @@ class ModelRegistry:
 def load_validation_set(path: Path) -> list[tuple[str, list[str], list[int]]]:
     """A JSONL validation set: ``{"query": str, "documents": [{"text", "relevance"}]}``,
     relevance an integer grade (0 not relevant, 1, 2, ... more), as in qrels."""
-    out: list[tuple[str, list[str], list[int]]] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise InvalidArgument(f"cannot read the validation set {path}: {e.strerror}") from e
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            docs = [str(d["text"]) for d in row["documents"]]
-            rels = [_grade(d.get("relevance", 0)) for d in row["documents"]]
-            out.append((str(row["query"]), docs, rels))
-        except (ValueError, KeyError, TypeError) as e:
-            raise InvalidArgument(
-                f"{path}:{n}: expected {{'query', 'documents': [{{'text', 'relevance'}}]}}: {e}"
-            ) from e
-    if not out:
-        raise InvalidArgument(f"the validation set {path} has no queries")
-    return out
+    judged = load_judged_set(path, relevance=_grade, what="validation set")
+    return [(q, docs, [int(r) for r in rels]) for q, docs, rels in judged]
 
 
 def _grade(v: Any) -> int:
