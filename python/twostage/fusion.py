@@ -19,8 +19,6 @@ ship in the reranker's ``twostage.json``::
                            "dense": {...}, "bm25": {...}}}
 
 >>> import numpy as np
-
-from twostage.errors import InvalidArgument
 >>> s = {"reranker": np.array([2.0, 0.0, 1.0]), "dense": np.array([0.5, 0.7, 0.6])}
 >>> fuse_signals(s, {"reranker": 0.75, "dense": 0.25}).round(2).tolist()
 [0.61, -0.61, 0.0]
