@@ -2,7 +2,7 @@
 
 The README's shell and Python blocks are extracted and run, in order, in an empty folder
 outside the repository that holds what the README assumes a user has: a BEIR folder named
-``scifact/`` (here 120 abstracts and 8 test claims judged on them, from the SciFact sample
+``scifact/`` (here 120 abstracts and 4 test claims judged on them, from the SciFact sample
 the package ships) and the model folders its placeholders name (built from the shipped models).
 ``twostage serve`` is started in the background and the next block's ``curl`` talks to it.
 
@@ -34,7 +34,7 @@ README = ROOT / "README.md"
 PACKAGE = ROOT / "python" / "twostage"
 BIN = Path(sys.executable).parent
 DOCS = 120
-QUERIES = 8
+QUERIES = 4
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
