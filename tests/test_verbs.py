@@ -124,6 +124,7 @@ def test_add_takes_dicts_and_documents(tmp_path: Path, encoder: Encoder) -> None
         assert c.get(["d1"])[0].text == "replaced"
         for bad, match in [
             ({"id": "x", "text": "t", "body": "?"}, r"unknown keys \['body'\]"),
+            ({"_id": "x", "id": "y", "text": "t"}, "both 'id' and '_id'"),
             ({"text": "no id"}, "needs an 'id'"),
             ({"id": "x"}, "both empty"),
             ({"id": 7, "text": "t"}, "non-empty string"),
@@ -137,6 +138,12 @@ def test_add_takes_dicts_and_documents(tmp_path: Path, encoder: Encoder) -> None
         with pytest.raises(InvalidArgument, match="not a single dict"):
             c.add({"id": "x", "text": "t"})  # type: ignore[arg-type]
         assert Document.from_dict({"id": "a", "text": "b"}) == Document("a", "b")
+        # A BEIR corpus line as it is: "_id" is the id.
+        assert Document.from_dict({"_id": "a", "title": "t", "text": "b"}) == Document(
+            "a", "b", "t"
+        )
+        with pytest.raises(InvalidArgument, match="both 'id' and '_id'"):
+            Document.from_dict({"_id": "a", "id": "b", "text": "c"})
 
 
 # ---- Engine.search_many ------------------------------------------------------------------------

@@ -117,14 +117,19 @@ class Document:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Document:
-        """A document from a mapping with the keys ``id`` (required), ``text``, ``title`` and
-        ``metadata``, as JSON APIs hand them over; any other key is refused by name.
+        """A document from a mapping with the keys ``id`` (required; BEIR's ``_id`` is read as
+        it), ``text``, ``title`` and ``metadata``, as JSON APIs and BEIR corpus lines hand them
+        over; any other key is refused by name.
 
         >>> Document.from_dict({"id": "d1", "text": "HNSW is a graph index.", "title": "ANN"})
         Document(id='d1', text='HNSW is a graph index.', title='ANN', metadata=None)
         """
         if not isinstance(d, Mapping):
             raise InvalidArgument(f"expected a mapping, not {type(d).__name__}")
+        if "_id" in d:
+            if "id" in d:
+                raise InvalidArgument(f"document {d['_id']!r}: both 'id' and '_id' given")
+            d = {("id" if k == "_id" else k): v for k, v in d.items()}
         unknown = sorted(str(k) for k in d if k not in _FIELDS)
         if unknown:
             raise InvalidArgument(
