@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twostage.evaluation import machine_info
+from twostage.machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benches" / "out" / "crashloop"

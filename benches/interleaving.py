@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twostage.beir import read_qrels, read_trec
 from twostage.clicks import (
     DEFAULT_GRID,
     CascadeModel,
@@ -31,7 +32,6 @@ from twostage.clicks import (
     SimulationResult,
     simulate,
 )
-from twostage.evaluation import read_qrels, read_trec
 
 LABELS = {
     "team_draft": "team draft",

@@ -23,8 +23,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from twostage.beir import Dataset
 from twostage.engine import Engine
-from twostage.evaluation import Dataset, collection_for
+from twostage.evaluation import collection_for
 from twostage.reranker import Reranker
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

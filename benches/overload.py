@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from twostage.evaluation import machine_info
+from twostage.machine import machine_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import load  # benches/load.py: collection, models, queries, the server process

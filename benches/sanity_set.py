@@ -142,7 +142,7 @@ def minilm_random_head(out: Path, seed: int) -> Path | None:
 
 
 def measure(seeds: int, rounds: int, minilm: int) -> None:
-    from twostage.evaluation import machine_info
+    from twostage.machine import machine_info
     from twostage.reranker import Reranker
     from twostage.sanity import check_reranker
 

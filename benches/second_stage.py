@@ -31,8 +31,10 @@ from typing import Any
 
 import numpy as np
 from twostage import Engine, EngineConfig, rrf
-from twostage.evaluation import Dataset, collection_for, paired_test, per_query
+from twostage.beir import Dataset
+from twostage.evaluation import collection_for
 from twostage.fusion import first_stage_signals, fit_weights, fuse_signals
+from twostage.metrics import paired_test, per_query
 from twostage.reranker import Reranker
 from twostage.train.data import SHARED
 from twostage.train.evaluate import ndcg_at_k

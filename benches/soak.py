@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from twostage.evaluation import machine_info
+from twostage.machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
@@ -51,7 +51,8 @@ def collection(work: Path, small: bool) -> tuple[Path, list[str]]:
 
     folder = work / "col"
     if (SCIFACT / "corpus.jsonl.gz").is_file() and not small:
-        from twostage.evaluation import Dataset, collection_for
+        from twostage.beir import Dataset
+        from twostage.evaluation import collection_for
 
         ds = Dataset.load(SCIFACT)
         with collection_for(ds) as built:  # the eval cache: built once per machine

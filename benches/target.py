@@ -44,7 +44,10 @@ from typing import Any
 
 import numpy as np
 from twostage import Engine
-from twostage.evaluation import Dataset, collection_for, machine_info, per_query
+from twostage.beir import Dataset
+from twostage.evaluation import collection_for
+from twostage.machine import machine_info
+from twostage.metrics import per_query
 from twostage.train.data import SHARED
 
 

@@ -13,19 +13,11 @@ from pathlib import Path
 
 import pytest
 from conftest import SHARED
+from twostage.beir import Dataset, read_qrels, read_trec, write_trec
 from twostage.cli import main
 from twostage.errors import InvalidArgument
-from twostage.evaluation import (
-    Dataset,
-    aggregate,
-    as_run,
-    evaluate,
-    paired_test,
-    per_query,
-    read_qrels,
-    read_trec,
-    write_trec,
-)
+from twostage.evaluation import evaluate
+from twostage.metrics import aggregate, as_run, paired_test, per_query
 
 ir_measures = pytest.importorskip("ir_measures", reason="ir-measures (the eval extra) missing")
 ADI = SHARED / "data" / "adi"

@@ -28,8 +28,7 @@ def _by_hand() -> dict[str, float]:
 
 def test_every_ndcg_is_the_same_one() -> None:
     from twostage.clicks import ndcg10 as clicks_ndcg10
-    from twostage.evaluation import per_query
-    from twostage.metrics import as_run, ndcg10, ndcg10_of_scores
+    from twostage.metrics import as_run, ndcg10, ndcg10_of_scores, per_query
     from twostage.server.models import ndcg_at_10
     from twostage.train.encoder import per_query_metrics
     from twostage.train.evaluate import ndcg10 as train_ndcg10

@@ -17,7 +17,7 @@ from conftest import SHARED
 from twostage.collection import Collection
 from twostage.config import EngineConfig
 from twostage.engine import Engine
-from twostage.evaluation import paired_test
+from twostage.metrics import paired_test
 
 ir_measures = pytest.importorskip("ir_measures", reason="ir-measures not installed")
 SCIFACT = SHARED / "data" / "scifact"

@@ -51,18 +51,14 @@ from typing import Any
 
 import numpy as np
 
-from twostage.beir import Dataset, corpus_ids, read_qrels, read_trec, write_trec
+from twostage.beir import Dataset, corpus_ids, write_trec
 from twostage.config import FIRST_STAGES, EngineConfig
 from twostage.errors import InvalidArgument
 from twostage.machine import machine_info
 from twostage.metrics import (
-    MEASURES,
     Qrels,
     Ranking,
-    Run,
-    Significance,
     aggregate,
-    as_run,
     paired_test,
     per_query,
 )
@@ -627,17 +623,6 @@ def _dist(ms: Sequence[float]) -> dict[str, float]:
 __all__ = [
     "CANDIDATES",
     "DEFAULT_DEPTHS",
-    "MEASURES",
-    "Config",
-    "Dataset",
-    "DatasetResult",
-    "Evaluation",
-    "Qrels",
-    "Ranking",
-    "Run",
-    "Significance",
-    "aggregate",
-    "as_run",
     "check_collection",
     "collection_for",
     "collections_home",
@@ -645,12 +630,6 @@ __all__ = [
     "drop_self",
     "evaluate",
     "first_stage_ranking",
-    "machine_info",
-    "paired_test",
-    "per_query",
-    "read_qrels",
-    "read_trec",
     "reranked_rankings",
     "self_matches",
-    "write_trec",
 ]

@@ -170,7 +170,7 @@ def cmd_encoder_eval(a: argparse.Namespace) -> None:
         print(json.dumps(res), flush=True)
         results.append(res)
     if len(per) > 1:
-        from twostage.evaluation import paired_test
+        from twostage.metrics import paired_test
 
         # Each encoder against the first: paired t and randomization tests over the queries.
         for res, p in zip(results[1:], per[1:], strict=True):
