@@ -149,10 +149,30 @@ def test_readme_has_what_this_test_runs(readme_blocks: list[tuple[str, str]]) ->
     """A README rewritten past the extraction would silently test nothing: say so."""
     langs = [lang for lang, _ in readme_blocks]
     assert langs.count("bash") >= 3 and langs.count("python") >= 3, langs
-    run = [c for lang, b in readme_blocks if lang == "bash" for c in shell_commands(b)]
-    runnable = [c for c in run if not c.startswith(SKIPPED)]
+    runnable = [text for kind, text in steps(readme_blocks) if kind == "sh"]
     assert any(" serve " in c for c in runnable) and any("curl " in c for c in runnable)
     assert any(c.startswith("twostage eval") for c in runnable)
+
+
+def steps(readme_blocks: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The README's runnable steps in order: ``("sh", command)`` or ``("py", block)``."""
+    out: list[tuple[str, str]] = []
+    for lang, body in readme_blocks:
+        if lang == "bash":
+            out += [("sh", c) for c in shell_commands(body) if not c.startswith(SKIPPED)]
+        elif lang == "python":
+            out.append(("py", body))
+    return out
+
+
+def _run(argv: list[str], what: str, cwd: Path, env: dict[str, str]) -> str:
+    """Run one step; its stdout, or a failure naming the step and its output."""
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (
+        f"README step failed ({done.returncode}): {what}\n"
+        f"stdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-3000:]}"
+    )
+    return done.stdout
 
 
 def test_every_readme_command_runs_as_written(
@@ -160,62 +180,32 @@ def test_every_readme_command_runs_as_written(
 ) -> None:
     env = _env(workdir)
     server: subprocess.Popen[bytes] | None = None
+    port = 0
     ran: list[str] = []
     try:
-        for lang, body in readme_blocks:
-            if lang == "bash":
-                for cmd in shell_commands(body):
-                    if cmd.startswith(SKIPPED):
-                        continue
-                    if re.search(r"\btwostage serve\b", cmd):
-                        port = _free_port()
-                        cmd = cmd.replace("--port 8000", f"--port {port}")
-                        server = subprocess.Popen(
-                            ["bash", "-c", cmd],  # its own session: killpg ends bash and the server
-                            cwd=workdir,
-                            env=env,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                            start_new_session=True,
-                        )
-                        _wait_ready(f"http://127.0.0.1:{port}", server)
-                        env["README_PORT"] = str(port)
-                        ran.append(cmd)
-                        continue
-                    if "localhost:8000" in cmd:
-                        assert server is not None, f"{cmd!r} needs the server the README starts"
-                        cmd = cmd.replace("localhost:8000", f"localhost:{env['README_PORT']}")
-                    t0 = time.perf_counter()
-                    done = subprocess.run(
-                        ["bash", "-euo", "pipefail", "-c", cmd],
-                        cwd=workdir,
-                        env=env,
-                        capture_output=True,
-                        text=True,
-                        timeout=600,
-                    )
-                    assert done.returncode == 0, (
-                        f"README command failed ({done.returncode}): {cmd}\n"
-                        f"stdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-3000:]}"
-                    )
-                    if cmd.startswith("curl "):
-                        answer = json.loads(done.stdout)
-                        assert answer["hits"], f"{cmd}: no hits in {done.stdout[:500]}"
-                    ran.append(f"{time.perf_counter() - t0:6.1f} s  {cmd[:70]}")
-            elif lang == "python":
-                t0 = time.perf_counter()
-                done = subprocess.run(
-                    [sys.executable, "-c", body],
+        for kind, text in steps(readme_blocks):
+            t0 = time.perf_counter()
+            if kind == "py":
+                _run([sys.executable, "-c", text], text, workdir, env)
+            elif re.search(r"\btwostage serve\b", text):
+                port = _free_port()
+                server = subprocess.Popen(
+                    ["bash", "-c", text.replace("--port 8000", f"--port {port}")],
                     cwd=workdir,
                     env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,  # killpg below ends bash and the server
                 )
-                assert done.returncode == 0, (
-                    f"README Python block failed:\n{body}\nstderr: {done.stderr[-3000:]}"
-                )
-                ran.append(f"{time.perf_counter() - t0:6.1f} s  python: {body.splitlines()[0]}")
+                _wait_ready(f"http://127.0.0.1:{port}", server)
+            else:
+                if "localhost:8000" in text:
+                    assert server is not None, f"{text!r} needs the server the README starts"
+                    text = text.replace("localhost:8000", f"localhost:{port}")
+                out = _run(["bash", "-euo", "pipefail", "-c", text], text, workdir, env)
+                if text.startswith("curl "):
+                    assert json.loads(out)["hits"], f"{text}: no hits in {out[:500]}"
+            ran.append(f"{time.perf_counter() - t0:6.1f} s  {kind}: {text.splitlines()[0][:70]}")
     finally:
         if server is not None and server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -223,4 +213,4 @@ def test_every_readme_command_runs_as_written(
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
-    print(f"ran {len(ran)} README commands and blocks:", *ran, sep="\n")
+    print(f"ran {len(ran)} README steps:", *ran, sep="\n")
