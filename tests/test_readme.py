@@ -20,7 +20,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -66,12 +66,6 @@ def shell_commands(body: str) -> list[str]:
         if words:
             out.append(line)
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +182,7 @@ def test_every_readme_command_runs_as_written(
             if kind == "py":
                 _run([sys.executable, "-c", text], text, workdir, env)
             elif re.search(r"\btwostage serve\b", text):
-                port = _free_port()
+                port = free_port()
                 server = subprocess.Popen(
                     ["bash", "-c", text.replace("--port 8000", f"--port {port}")],
                     cwd=workdir,

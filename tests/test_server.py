@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 pytest.importorskip("fastapi", reason="needs the server extra (fastapi)")
 pytest.importorskip("httpx", reason="needs httpx")
@@ -665,12 +666,6 @@ def test_hammer_searches_during_swaps(col: Path, roots: Path, versions: dict[str
 
 
 # ---- the real process --------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_real_server_process(

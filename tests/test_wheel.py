@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "target" / "wheel-test"
@@ -245,15 +245,9 @@ def test_fresh_venv_builds_searches_and_serves(venv: Path, tmp_path: Path) -> No
     print(f"index build of {DOCS} documents in the fresh venv: {t_build:.1f} s")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _serve(venv: Path, cwd: Path, env: dict[str, str]) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = cwd / "serve.log"
     with log.open("wb") as out:
