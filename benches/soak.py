@@ -300,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
             log.close()
+        # A 500 says "the server log has the details": keep them, the folder goes away.
+        server_errors = [
+            block
+            for block in (work / "server.log").read_text(errors="replace").split("\nERROR")
+            if "Traceback" in block
+        ]
         from twostage.collection import Collection
 
         with Collection.open(folder, read_only=True) as col:
@@ -313,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "errors": sum(r["errors"] for r in rows),
         "error_samples": traffic.errors,
+        "server_tracebacks": [b[-4000:] for b in server_errors[:5]],
         "rss_first_mb": first,
         "rss_half_mb": half,
         "rss_last_mb": last,
@@ -328,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         f"errors {report['errors']}, RSS {first} -> {half} -> {last} MiB, check {problems or 'ok'}"
     )
     print(f"report: {path}  plot: {plot}")
+    for block in report["server_tracebacks"]:
+        print("server log:", block, sep="\n", file=sys.stderr)
     return 1 if report["errors"] or problems else 0
 
 
