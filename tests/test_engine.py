@@ -408,3 +408,16 @@ def test_a_model_with_a_bad_fusion_mode_is_refused(tmp_path: Path) -> None:
     (onnx / "twostage.json").write_text(json.dumps({**settings, "fusion": good}))
     rr = Reranker.load(onnx, precision="fp32")
     assert (rr.fusion_rule, rr.fusion_weight) == ("z", 0.4)
+
+
+def test_a_candidate_deleted_mid_search_still_gets_a_dense_signal(col: Collection) -> None:
+    """Hybrid's fusion reads the dense similarity of every fetched candidate; one deleted
+    between the fetch and that read (a soak found it as a 500) ranks lowest on it."""
+    eng = Engine(col, reranker=None, config=unlimited())
+    keys = np.fromiter(col.store.keys(), dtype=np.uint64)[:5]
+    vec = col.embed_query(QUERY)
+    before = eng._similarities(vec, keys)
+    gone = np.append(keys, np.uint64(2**40))  # a key no longer in the store
+    sims = eng._similarities(vec, gone)
+    assert np.isfinite(sims).all() and sims[:5] == pytest.approx(before)
+    assert sims[-1] == pytest.approx(before.min())

@@ -49,7 +49,7 @@ from twostage.config import (
 )
 from twostage.document import check_json_unicode, check_unicode
 from twostage.encoder import Encoder
-from twostage.errors import EncoderMismatch, InvalidArgument, InvalidModel, KeyNotFound
+from twostage.errors import EncoderMismatch, InvalidArgument, InvalidModel
 from twostage.filters import KeySet, exact_is_cheaper
 from twostage.fusion import first_stage_signals, fuse_signals
 from twostage.reranker import Pairs, Reranker
@@ -811,20 +811,23 @@ class Engine:
             positions if ranks is None else ranks,
         )
 
-    def _similarities(self, vec: np.ndarray, keys: np.ndarray) -> np.ndarray | None:
-        """The dense similarity of lexical candidates, from their stored embeddings."""
-        try:
-            emb = self._col.store.embeddings(keys)
-        except KeyNotFound:
-            return None
+    def _similarities(self, vec: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """The dense similarity of lexical candidates, from their stored embeddings. A
+        candidate deleted since it was fetched gets the lowest similarity of the others (a
+        fusion weighting the dense signal needs one for every candidate)."""
+        emb = self._col.store.embeddings(keys, missing_nan=True)
         q = np.asarray(vec, dtype=np.float32)
         if self._metric == "l2":
-            return np.asarray(-((emb - q) ** 2).sum(axis=1))
-        dots = emb @ q
-        if self._metric == "cos":
-            norms = np.linalg.norm(emb, axis=1) * max(float(np.linalg.norm(q)), 1e-12)
-            dots = dots / np.maximum(norms, 1e-12)
-        return np.asarray(dots)
+            sims = -((emb - q) ** 2).sum(axis=1)
+        else:
+            sims = emb @ q
+            if self._metric == "cos":
+                norms = np.linalg.norm(emb, axis=1) * max(float(np.linalg.norm(q)), 1e-12)
+                sims = sims / np.maximum(norms, 1e-12)
+        gone = np.isnan(sims)
+        if gone.any():
+            sims[gone] = sims[~gone].min() if not gone.all() else 0.0
+        return np.asarray(sims)
 
     def _rerank(
         self,

@@ -645,8 +645,11 @@ class DocStore:
         return [g.document() for g in got if g is not None]
 
     @_guarded
-    def embeddings(self, keys: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Stored embeddings (float32) by key; an unknown key raises :class:`KeyNotFound`."""
+    def embeddings(
+        self, keys: Sequence[int] | np.ndarray, *, missing_nan: bool = False
+    ) -> np.ndarray:
+        """Stored embeddings (float32) by key; an unknown key raises :class:`KeyNotFound`,
+        or with ``missing_nan`` is a row of NaN (a key deleted since it was searched)."""
         conn = self._reader()
         klist = [int(k) for k in keys]
         found: dict[int, bytes] = {}
@@ -655,11 +658,12 @@ class DocStore:
             q = f"SELECT key, emb FROM docs WHERE key IN ({','.join('?' * len(part))})"
             found.update({int(r[0]): r[1] for r in conn.execute(q, part)})
         missing = [k for k in klist if k not in found]
-        if missing:
+        if missing and not missing_nan:
             raise KeyNotFound(f"unknown key(s): {missing[:5]}")
-        out = np.empty((len(klist), self.dim), dtype=np.float32)
+        out = np.full((len(klist), self.dim), np.nan, dtype=np.float32)
         for i, k in enumerate(klist):
-            out[i] = np.frombuffer(found[k], dtype=self._emb_np)
+            if k in found:
+                out[i] = np.frombuffer(found[k], dtype=self._emb_np)
         return out
 
     def metadata(
