@@ -53,3 +53,19 @@ def scifact_collection(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert done.returncode == 0, done.stderr
     assert "5183 documents from 5183 lines" in done.stdout, done.stdout
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[object]:
+    """One local Ray cluster (2 CPUs, no dashboard) for every distributed test: starting
+    Ray costs seconds, so the tests share it and clean up their own actors."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (the [ray] extra)")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="twostage-tests",
+        ignore_reinit_error=True,
+    )
+    yield ray
+    ray.shutdown()
