@@ -218,6 +218,7 @@ class Collection:
         *,
         threads: int | None = None,
         read_only: bool = False,
+        view: bool = False,
     ) -> Collection:
         """Open the collection in ``path``.
 
@@ -231,8 +232,17 @@ class Collection:
         (repairs then live in memory only); :meth:`refresh` catches it up with what the
         writer committed since.
 
+        ``view=True`` (read-only opens only) memory-maps the index snapshot
+        (:meth:`Index.view <twostage.Index.view>`) instead of reading it into memory: the open
+        costs milliseconds whatever the index's size, pages load as searches touch them, and
+        processes on one machine share them. A view takes no writes, so when the store has
+        changes after the snapshot (at open, or at a :meth:`refresh`) the snapshot is loaded
+        into memory after all and they are replayed onto it.
+
         >>> col = Collection.open("docs/")  # doctest: +SKIP
         """
+        if view and not read_only:
+            raise InvalidArgument("view=True maps the index read-only: it needs read_only=True")
         folder = Path(path)
         manifest = read_manifest(folder)
         want = manifest["encoder"]
@@ -259,7 +269,7 @@ class Collection:
         try:
             store = DocStore.open(folder / STORE, read_only=read_only)
             try:
-                col = cls._assemble(folder, manifest, encoder, store, threads, lock)
+                col = cls._assemble(folder, manifest, encoder, store, threads, lock, view)
             except BaseException:
                 store.close()
                 raise
@@ -293,6 +303,7 @@ class Collection:
         store: DocStore,
         threads: int | None,
         lock: WriterLock | None,
+        view: bool = False,
     ) -> Collection:
         notes: list[str] = []
         behind = _store_behind(folder, manifest, store)
@@ -304,7 +315,7 @@ class Collection:
             if store.raise_key_floor(floor):
                 notes.append(f"store's key counter moved up to {floor} (keys are never reused)")
         index, index_seq, applied, recovery = _open_index(
-            folder, manifest, store, threads, rebuild=behind is not None
+            folder, manifest, store, threads, rebuild=behind is not None, view=view
         )
         lex, lex_recovery = _open_lexical(
             folder, manifest, store, rebuild=behind is not None, read_only=lock is None
@@ -552,6 +563,11 @@ class Collection:
             if self._store.seq == self._applied:
                 return 0
             start = self._applied
+            if self._index.read_only:
+                # A mapped snapshot takes no writes: the newest snapshot, loaded, takes the
+                # replay (it holds at least what the view did: the writer replaces the file
+                # before it records it, and replaying a change twice leaves the same index).
+                self._index = _open_index(self._path, self._manifest, self._store, None)[0]
             n = 0
             for ch in self._store.changes_since(start):
                 if len(ch.keys):
@@ -782,8 +798,10 @@ def _open_index(
     threads: int | None,
     *,
     rebuild: bool = False,
+    view: bool = False,
 ) -> tuple[Index, int, int, str | None]:
-    """Load the snapshot and replay later changes, or rebuild from the store.
+    """Load the snapshot and replay later changes, or rebuild from the store. ``view``: map
+    the snapshot instead when the store has nothing after it.
 
     Returns the index, the snapshot's sequence, the sequence the index now reflects, and
     why it was rebuilt or caught up (``None`` if the snapshot was current).
@@ -796,6 +814,13 @@ def _open_index(
             f"{path} is a directory, not an index file: remove it (the next open rebuilds the "
             "index from the store)"
         )
+    if view and not rebuild and store.seq == int(manifest["index"]["seq"]):
+        with contextlib.suppress(FileNotFoundError, CorruptIndex, OSError):
+            mapped = Index.view(path, threads=threads)
+            want = (manifest["dim"], manifest["metric"], manifest["dtype"], manifest["shards"])
+            if (mapped.dim, mapped.metric, mapped.dtype, mapped.shards) == want:
+                return mapped, store.seq, store.seq, None
+        # Not viewable as it is: the load below says why, and repairs it in memory.
     if not rebuild:
         try:
             index = Index.load(path, threads=threads)

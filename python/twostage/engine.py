@@ -34,7 +34,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 import numpy as np
 import onnxruntime as ort
 
-from twostage._core import Slot, rerank_order, rrf
+from twostage._core import Index, Slot, rerank_order, rrf
 from twostage._onnx import pad
 from twostage.collection import Collection
 from twostage.config import (
@@ -161,6 +161,10 @@ class SearchResponse:
     cached_scores: int  # of those, from the score cache
     query_cached: bool  # the query vector came from the cache
     notes: list[str] = field(default_factory=list)
+    # A sharded first stage (twostage.distributed): the shards that answered in time, of all;
+    # fewer is a partial answer, ``degraded`` with the reason first. None: one collection.
+    shards_answered: int | None = None
+    shards_total: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (for ``--json`` and the HTTP layer)."""
@@ -176,6 +180,31 @@ class Defaults:
     depth: int
     budget_ms: float
     candidates: int  # the cascade's pool (see EngineConfig.candidates)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A first stage's answer as the second stage reads it: what :meth:`Engine._candidates`
+    returns, from the engine's own collection or (a subclass) from somewhere else, such as
+    :mod:`twostage.distributed`'s shards.
+
+    ``docs`` are the candidates in first-stage order, their keys unique among them (the
+    score cache and the BM25 signal look them up by key); ``scores`` their first-stage
+    scores; ``sims`` their dense similarities when the search made them or was asked to;
+    ``bm25`` the lexical list's scores by key when it ran. A first stage made of parts
+    (shards) says how many answered (``parts_answered`` of ``parts_total``) and, when not
+    all did, why (``missing``): the answer is then ``degraded``, never an error.
+    """
+
+    scores: np.ndarray
+    sims: np.ndarray | None
+    docs: list[StoredDoc]
+    bm25: dict[int, float] | None
+    ann_s: float = 0.0
+    bm25_s: float = 0.0
+    parts_answered: int | None = None
+    parts_total: int | None = None
+    missing: str | None = None
 
 
 class PairScorer(Protocol):
@@ -280,6 +309,34 @@ class Engine:
                 f"encoder {encoder.name} (fingerprint {encoder.fingerprint}) is not the one "
                 f"that embedded {collection.path} ({collection.encoder.fingerprint})"
             )
+        self._col = collection
+        self._setup(
+            collection.encoder,
+            collection.manifest["metric"],
+            lexical=collection.lexical is not None,
+            vocab=collection.vocab_fingerprint,
+            name=str(collection.path),
+            reranker=reranker,
+            config=config,
+            scorer=scorer,
+        )
+
+    def _setup(
+        self,
+        encoder: Encoder,
+        metric: str,
+        *,
+        lexical: bool,
+        vocab: str,
+        name: str,
+        reranker: Reranker | Literal["default"] | None,
+        config: EngineConfig | None,
+        scorer: PairScorer | None,
+    ) -> None:
+        """What an engine holds whatever answers its first stage: the query encoder, the
+        metric, whether BM25 exists, the stored tokens' vocabulary, the reranker slot and
+        caches. A subclass whose first stage is elsewhere (:meth:`_candidates`) calls this
+        instead of ``__init__``."""
         if isinstance(reranker, str):
             if reranker != "default":
                 raise InvalidArgument(
@@ -287,10 +344,12 @@ class Engine:
                     "(load a model with Reranker.load)"
                 )
             reranker = Reranker.load(DEFAULT_RERANKER)
-        self._col = collection
-        self._encoder = collection.encoder
+        self._encoder = encoder
         self.config = config or EngineConfig()
-        self._metric = collection.manifest["metric"]
+        self._metric = metric
+        self._has_lexical = lexical
+        self._vocab = vocab
+        self._name = name
         self._query_cache: LRUCache[str, np.ndarray] = LRUCache(self.config.query_cache_size)
         self._score_cache: LRUCache[tuple[str, str, int, int], float] = LRUCache(
             self.config.score_cache_size
@@ -382,7 +441,7 @@ class Engine:
         cfg = self.config
         model = rr.defaults if rr is not None else {}
         stage = cfg.first_stage or model.get("first_stage") or DEFAULT_FIRST_STAGE
-        if cfg.first_stage is None and stage != "dense" and self._col.lexical is None:
+        if cfg.first_stage is None and stage != "dense" and not self._has_lexical:
             stage = "dense"  # a default, not a request: follow what the collection has
         depth = cfg.depth if cfg.depth is not None else model.get("depth", DEFAULT_DEPTH)
         budget = cfg.budget_ms if cfg.budget_ms is not None else model.get("budget_ms")
@@ -540,14 +599,12 @@ class Engine:
             raise InvalidArgument(
                 f"first_stage must be one of {', '.join(FIRST_STAGES)}, not {mode!r}"
             )
-        if mode != "dense" and self._col.lexical is None:
+        if mode != "dense" and not self._has_lexical:
             raise InvalidArgument(
-                f"first_stage={mode!r} needs a lexical index; collection {self._col.path} "
+                f"first_stage={mode!r} needs a lexical index; collection {self._name} "
                 "was created without one (lexical=False)"
             )
-        if self._col.read_only and time.monotonic() - self._refreshed >= self.REFRESH_S:
-            self._refreshed = time.monotonic()
-            self._col.refresh()
+        self._catch_up()
         deadline = t0 + budget / 1000.0 - shared_s
         want_rerank = rerank and depth > 0 and rr is not None
         # The weight and its rule go together: the config's pair, else the model's.
@@ -561,7 +618,7 @@ class Engine:
         if not want_rerank:
             w, signal_w = 0.0, None
         notes: list[str] = []
-        if signal_w and signal_w.get("bm25") and self._col.lexical is None:
+        if signal_w and signal_w.get("bm25") and not self._has_lexical:
             notes.append("no lexical index: fused without the BM25 signal")
             signal_w = {n: v for n, v in signal_w.items() if n != "bm25"}
         need_sim = bool(w) or bool(signal_w and signal_w.get("dense"))
@@ -571,7 +628,7 @@ class Engine:
         # order, as far as the budget goes. Without cheap weights the pool is `depth` long and
         # the order the first stage's.
         cheap_w = (rr.fusion_cheap or {}).get(mode) if want_rerank and signal_w and rr else None
-        if cheap_w and cheap_w.get("bm25") and self._col.lexical is None:
+        if cheap_w and cheap_w.get("bm25") and not self._has_lexical:
             cheap_w = {n: v for n, v in cheap_w.items() if n != "bm25"} or None
         pool_n = dflt.candidates if candidates is None else candidates
         pool = max(pool_n, depth) if cheap_w else depth
@@ -593,9 +650,19 @@ class Engine:
         t_enc = time.perf_counter()
 
         n = max(k, pool) if want_rerank else k
-        first_arr, sims, t_ann, t_lex, docs, bm25 = self._first_stage(
-            mode, query, vec, n, filter, tokens=want_rerank, need_sim=need_sim, need_bm25=need_bm25
+        cands = self._candidates(
+            mode,
+            query,
+            vec,
+            n,
+            filter,
+            tokens=want_rerank,
+            need_sim=need_sim,
+            need_bm25=need_bm25,
+            deadline=deadline,
         )
+        first_arr, sims, docs, bm25 = cands.scores, cands.sims, cands.docs, cands.bm25
+        t_ann, t_lex = cands.ann_s, cands.bm25_s
         t_fetch = time.perf_counter()
 
         first = first_arr.tolist()
@@ -666,6 +733,8 @@ class Engine:
             )
         t_end = time.perf_counter()
         ms = 1000.0
+        if cands.missing is not None:  # a partial first stage comes first among the reasons
+            degraded_reason = "; ".join(r for r in (cands.missing, degraded_reason) if r)
         return SearchResponse(
             query=query,
             hits=hits,
@@ -686,7 +755,40 @@ class Engine:
             cached_scores=cached,
             query_cached=query_cached,
             notes=notes,
+            shards_answered=cands.parts_answered,
+            shards_total=cands.parts_total,
         )
+
+    def _catch_up(self) -> None:
+        """Over a collection opened read-only, apply what its writer committed since the
+        last search, at most every :attr:`REFRESH_S` seconds."""
+        if self._col.read_only and time.monotonic() - self._refreshed >= self.REFRESH_S:
+            self._refreshed = time.monotonic()
+            self._col.refresh()
+
+    def _candidates(
+        self,
+        mode: str,
+        query: str,
+        vec: np.ndarray | None,
+        n: int,
+        filter: dict[str, Any] | None,
+        *,
+        tokens: bool,
+        need_sim: bool,
+        need_bm25: bool,
+        deadline: float,
+    ) -> Candidates:
+        """The first stage: the top ``n`` candidates for the second stage, with the token ids
+        of their texts if ``tokens``, their dense similarities if ``need_sim`` and the BM25
+        list's scores if ``need_bm25`` (the cascade's signals). The one seam between the
+        stages: a subclass answers it from elsewhere (:class:`twostage.distributed.ShardedEngine`
+        from shards) and everything after it, the cascade, the reranker within ``deadline``
+        (a ``time.perf_counter()`` value) and the hits, is this class's own."""
+        scores, sims, t_ann, t_lex, docs, bm25 = self._first_stage(
+            mode, query, vec, n, filter, tokens=tokens, need_sim=need_sim, need_bm25=need_bm25
+        )
+        return Candidates(scores, sims, docs, bm25, t_ann, t_lex)
 
     def _first_stage(
         self,
@@ -761,19 +863,8 @@ class Engine:
         dkeys = dd = None
         if mode != "bm25":
             assert vec is not None
-            index = self._col.index
             t = time.perf_counter()
-            k = max(min(ask, len(index)), 1)
-            if allowed is None:
-                res = index.search(vec, k=k, ef=self.config.ef_search)
-            elif exact_is_cheaper(
-                allowed.count, len(index), max(k, self.config.ef_search or index.ef_search)
-            ):
-                res = index.search_exact(vec, allowed.keys, k=k)
-            else:
-                res = index.search(vec, k=k, ef=self.config.ef_search, allowed=allowed.mask)
-            count = int(res.counts[0]) if res.counts.ndim else int(res.counts)
-            dkeys, dd = res.keys[:count], res.distances[:count]
+            dkeys, dd = dense_search(self._col.index, vec, ask, self.config.ef_search, allowed)
             t_ann = time.perf_counter() - t
             if mode == "dense":
                 sim = np.asarray([_similarity(self._metric, float(x)) for x in dd], np.float32)
@@ -816,18 +907,7 @@ class Engine:
         candidate deleted since it was fetched gets the lowest similarity of the others (a
         fusion weighting the dense signal needs one for every candidate)."""
         emb = self._col.store.embeddings(keys, missing_nan=True)
-        q = np.asarray(vec, dtype=np.float32)
-        if self._metric == "l2":
-            sims = -((emb - q) ** 2).sum(axis=1)
-        else:
-            sims = emb @ q
-            if self._metric == "cos":
-                norms = np.linalg.norm(emb, axis=1) * max(float(np.linalg.norm(q)), 1e-12)
-                sims = sims / np.maximum(norms, 1e-12)
-        gone = np.isnan(sims)
-        if gone.any():
-            sims[gone] = sims[~gone].min() if not gone.all() else 0.0
-        return np.asarray(sims)
+        return fill_missing(dense_similarities(self._metric, emb, vec))
 
     def _rerank(
         self,
@@ -854,7 +934,7 @@ class Engine:
             return scored, cached, None
         try:
             q_ids = rr.tokenize_query(query)
-            reuse = rr.vocab_fingerprint == self._col.vocab_fingerprint
+            reuse = rr.vocab_fingerprint == self._vocab
             doc_ids: list[Sequence[int]] = []
             need_text = [p for p in todo if not reuse or docs[p].tokens is None]
             fresh = dict(
@@ -1017,6 +1097,46 @@ class Engine:
 _RESERVE_S = 0.001
 
 
+def dense_search(
+    index: Index, vec: np.ndarray, k: int, ef: int | None, allowed: KeySet | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The dense list: the top ``k`` (keys, distances) for the query vector, only ``allowed``
+    keys if given (an exact scan when they are few, else the filtered HNSW walk)."""
+    k = max(min(k, len(index)), 1)
+    if allowed is None:
+        res = index.search(vec, k=k, ef=ef)
+    elif exact_is_cheaper(allowed.count, len(index), max(k, ef or index.ef_search)):
+        res = index.search_exact(vec, allowed.keys, k=k)
+    else:
+        res = index.search(vec, k=k, ef=ef, allowed=allowed.mask)
+    count = int(res.counts[0]) if res.counts.ndim else int(res.counts)
+    return res.keys[:count], res.distances[:count]
+
+
+def dense_similarities(metric: str, emb: np.ndarray, vec: np.ndarray) -> np.ndarray:
+    """The similarity of each row of ``emb`` (stored embeddings, float32 ``[n, dim]``) to the
+    query vector, as the first stage scores under ``metric``; NaN for a NaN row (a document
+    deleted since it was searched)."""
+    q = np.asarray(vec, dtype=np.float32)
+    if metric == "l2":
+        sims = -((emb - q) ** 2).sum(axis=1)
+    else:
+        sims = emb @ q
+        if metric == "cos":
+            norms = np.linalg.norm(emb, axis=1) * max(float(np.linalg.norm(q)), 1e-12)
+            sims = sims / np.maximum(norms, 1e-12)
+    return np.asarray(sims)
+
+
+def fill_missing(sims: np.ndarray) -> np.ndarray:
+    """NaN similarities (candidates deleted meanwhile) set to the lowest of the others: a
+    fusion weighting the dense signal needs one for every candidate."""
+    gone = np.isnan(sims)
+    if gone.any():
+        sims[gone] = sims[~gone].min() if not gone.all() else 0.0
+    return sims
+
+
 def _check_query(query: object, limit: int) -> None:
     if not isinstance(query, str):
         raise InvalidArgument(f"query must be a string, not {type(query).__name__}")
@@ -1055,4 +1175,13 @@ def _snippet(text: str, limit: int) -> str:
     return text[: cut if cut > limit // 2 else limit] + " …"
 
 
-__all__ = ["Defaults", "Engine", "Hit", "LRUCache", "PairScorer", "SearchResponse", "Timings"]
+__all__ = [
+    "Candidates",
+    "Defaults",
+    "Engine",
+    "Hit",
+    "LRUCache",
+    "PairScorer",
+    "SearchResponse",
+    "Timings",
+]

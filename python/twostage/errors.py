@@ -76,6 +76,11 @@ class IngestError(TwostageError, ValueError):
     """A corpus line is malformed and the build was told to stop (``on_error="fail"``)."""
 
 
+class ShardUnavailable(TwostageError, RuntimeError):
+    """A shard of a sharded collection (:mod:`twostage.distributed`) died or did not answer a
+    write or a read that needs every shard; searches answer without it instead (partial)."""
+
+
 # ---- models (encoder / reranker / exporter) -------------------------------------------
 
 
@@ -112,6 +117,7 @@ __all__ = [
     "ProviderUnavailable",
     "ReadOnlyCollection",
     "ReadOnlyIndex",
+    "ShardUnavailable",
     "TwostageError",
     "VersionConflict",
 ]

@@ -7,6 +7,13 @@ so the rest of twostage neither needs nor loads it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the real names for type checkers; at run time, loaded on first use
+    from twostage.distributed.engine import ShardedEngine
+    from twostage.distributed.layout import shard_of, split_collection
+    from twostage.distributed.router import ShardedAddResult, ShardedCollection
+
 
 def require_ray() -> None:
     """Raise a clear ImportError naming the extra when Ray is not installed."""
@@ -16,3 +23,34 @@ def require_ray() -> None:
         raise ImportError(
             "twostage.distributed needs Ray: pip install 'twostage-search[ray]'"
         ) from e
+
+
+# Sharded collections and their engine import Ray: loaded on first use, so that importing
+# this package (for require_ray, say) stays cheap.
+_LAZY = {
+    "ShardedAddResult": "twostage.distributed.router",
+    "ShardedCollection": "twostage.distributed.router",
+    "ShardedEngine": "twostage.distributed.engine",
+    "shard_of": "twostage.distributed.layout",
+    "split_collection": "twostage.distributed.layout",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'twostage.distributed' has no attribute {name!r}")
+
+
+__all__ = [
+    "ShardedAddResult",
+    "ShardedCollection",
+    "ShardedEngine",
+    "require_ray",
+    "shard_of",
+    "split_collection",
+]
