@@ -11,6 +11,24 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
+# Under pytest-xdist (`--dist loadgroup`, what CI runs) a test module runs on one worker, so
+# its module fixtures are built once; the modules that share an expensive session fixture run
+# on one worker together, so it is built once too (SciFact's collection takes ~90 s, a Ray
+# cluster a few seconds and a good share of memory).
+_SHARED_FIXTURE_GROUPS = {"scifact_collection": "scifact", "ray_cluster": "ray"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    by_module: dict[str, str] = {}
+    for item in items:
+        for fixture, group in _SHARED_FIXTURE_GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                by_module[item.nodeid.split("::")[0]] = group
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(by_module.get(module, module)))
+
 
 def free_port() -> int:
     """A loopback port nothing listens on now, for a real server a test starts."""
