@@ -437,6 +437,26 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--watch-models", action="store_true", help="reload on model file changes")
     sv.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sv.add_argument("--access-log", action="store_true", help="log every request")
+    sv.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="serve on a Ray cluster (the 'ray' extra): the same HTTP API from an ingress "
+        "deployment, the reranker on Serve replicas; ADDRESS: ray://host:10001, host:6379, "
+        "'auto' (this machine's cluster) or 'local' (start one here)",
+    )
+    sv.add_argument(
+        "--replicas",
+        default="1",
+        metavar="N|MIN-MAX",
+        help="with --ray: reranker replicas, a count or an autoscaled range (default 1)",
+    )
+    sv.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=1.0,
+        help="with --ray: CPUs each reranker replica reserves and scores on (default 1)",
+    )
 
     # ---- models ----
     m = sub.add_parser(
@@ -877,6 +897,8 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.ray is not None:
+        return _serve_ray(args, settings)
     app = create_app(settings)
 
     def no_refusal_traceback(record: logging.LogRecord) -> bool:
@@ -903,6 +925,21 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"twostage: error: {refused}", file=sys.stderr)
         return 1
     return 0
+
+
+def _serve_ray(args: argparse.Namespace, settings: Any) -> int:
+    """``serve --ray``: the same app as an ingress deployment, the reranker on replicas."""
+    try:
+        from twostage.distributed.ingress import IngressOptions, run, scaling_from
+    except ImportError as e:
+        print(
+            f"twostage: error: serve --ray needs the ray extra ({e.name} is missing): "
+            "pip install 'twostage-search[ray,server]'",
+            file=sys.stderr,
+        )
+        return 1
+    scaling = scaling_from(args.replicas, replica_cpus=args.replica_cpus)
+    return run(settings, IngressOptions(scaling=scaling), address=args.ray)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

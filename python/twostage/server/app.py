@@ -80,14 +80,14 @@ from twostage._models import BUILTINS
 from twostage.collection import Collection
 from twostage.config import default_reranker
 from twostage.document import Document
-from twostage.engine import Engine, SearchResponse
+from twostage.engine import Engine, PairScorer, SearchResponse
 from twostage.errors import TwostageError
 from twostage.reranker import Reranker
 from twostage.server.batching import Batcher
 from twostage.server.errors import STATUS_CODES, ApiError, BodyTooLarge, Overloaded, from_library
 from twostage.server.experiments import Experiments, ExperimentStore, ModelSpec
 from twostage.server.metrics import CONTENT_TYPE, Metrics
-from twostage.server.models import ModelRegistry, SanityRefused
+from twostage.server.models import Installer, ModelRegistry, SanityRefused
 from twostage.server.security import bearer_ok, require_token
 from twostage.server.settings import Precision, ServerSettings
 
@@ -309,9 +309,21 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
 class Service:
     """Everything the lifespan builds; endpoints read it through ``app.state.service``."""
 
-    def __init__(self, settings: ServerSettings, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        metrics: Metrics,
+        *,
+        scorer: PairScorer | None = None,
+        install: Installer | None = None,
+        on_load: Callable[[Service], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        # Serving on Ray (twostage.distributed.ingress): the replicas score, a rollout installs.
+        self._scorer = scorer
+        self._install = install
+        self._on_load = on_load
         self.ready = False
         self.collection: Collection | None = None
         self.engine: Engine | None = None
@@ -342,7 +354,7 @@ class Service:
         if spec and spec != "none":
             rr = Reranker.load(spec, precision=s.reranker_precision)
         load_ms = (time.perf_counter() - t1) * 1000.0
-        if s.batching:
+        if s.batching and self._scorer is None:
             self.batcher = Batcher(
                 max_pairs=s.batch_max_pairs,
                 max_wait_ms=s.batch_wait_ms,
@@ -350,11 +362,12 @@ class Service:
                 grace_ms=s.engine.cancel_grace_ms,
                 on_batch=self.metrics.observe_batch,
             )
-        self.engine = Engine(col, reranker=rr, config=s.engine, scorer=self.batcher)
+        self.engine = Engine(col, reranker=rr, config=s.engine, scorer=self._scorer or self.batcher)
         self.registry = ModelRegistry(
             self.engine,
             s,
             on_update=lambda result: self.metrics.model_updates.labels(result=result).inc(),
+            install=self._install,
         )
         if rr is not None and spec:
             # The operator's model passes the same golden-set and sanity checks (the floor
@@ -378,6 +391,8 @@ class Service:
         )
         self.experiments.resume()
         self.metrics.live(self.live)
+        if self._on_load is not None:
+            self._on_load(self)
         log.info(
             "ready in %.1f s: %d documents, reranker %s, batching %s",
             time.perf_counter() - t0,
@@ -690,15 +705,26 @@ def _validation_message(exc: RequestValidationError) -> ApiError:
 # ---- the factory ----------------------------------------------------------------------------
 
 
-def create_app(settings: ServerSettings) -> FastAPI:
+def create_app(
+    settings: ServerSettings,
+    *,
+    scorer: PairScorer | None = None,
+    install: Installer | None = None,
+    on_load: Callable[[Service], None] | None = None,
+) -> FastAPI:
     """The FastAPI app for ``settings``; nothing is loaded until its lifespan starts.
+
+    ``scorer`` scores the reranker's pairs elsewhere instead of this process's batcher,
+    ``install`` installs a validated model (before this engine's own swap), and ``on_load``
+    runs once everything is loaded: how :mod:`twostage.distributed.ingress` serves the same app
+    with the reranker on Ray replicas.
 
     >>> app = create_app(ServerSettings(collection="docs/", insecure_no_auth=True))
     >>> sorted(r.path for r in app.routes if "search" in r.path)
     ['/search']
     """
     metrics = Metrics()
-    service = Service(settings, metrics)
+    service = Service(settings, metrics, scorer=scorer, install=install, on_load=on_load)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

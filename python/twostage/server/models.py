@@ -65,6 +65,11 @@ log = logging.getLogger("twostage.server")
 
 Status = Literal["active", "previous", "retired", "rejected", "candidate"]
 
+#: Installs a validated reranker (its record says where it came from); raises if it cannot.
+#: Default: the engine's own atomic swap. Serving on Ray, a rollout across the replicas first
+#: (:mod:`twostage.distributed.rollout`).
+Installer = Callable[[Reranker, "ModelRecord"], None]
+
 #: Pairs every candidate must score with finite values: short and long, on- and off-topic,
 #: an empty-ish document and non-ASCII text, so a model that breaks on any of them is refused.
 GOLDEN: list[tuple[str, str]] = [
@@ -143,9 +148,11 @@ class ModelRegistry:
         settings: ServerSettings,
         *,
         on_update: Callable[[str], None] | None = None,
+        install: Installer | None = None,
     ) -> None:
         self._engine = engine
         self._settings = settings
+        self._installer = install
         self._lock = threading.Lock()
         self._current: tuple[ModelRecord, Reranker] | None = None
         self._previous: tuple[ModelRecord, Reranker] | None = None
@@ -280,7 +287,17 @@ class ModelRegistry:
                 )
             prev, cur = self._previous, self._current
             t0 = time.perf_counter()
-            self._engine.swap_reranker(prev[1], sanity_check=False)  # it was checked (or waived)
+            try:
+                self._install(prev[1], prev[0])
+            except Exception as e:
+                log.warning("rollback to %s failed: %s", prev[0].version, e)
+                reason = public_reason(e, self._settings.model_roots)
+                active = cur[0].version if cur else None
+                raise ApiError(
+                    409,
+                    "rollback_failed",
+                    f"the rollback failed: {reason}; still serving {active or 'no reranker'}",
+                ) from None
             prev[0].status, prev[0].swap_ms = "active", _ms(t0)
             if cur is not None:
                 cur[0].status = "previous"
@@ -291,6 +308,43 @@ class ModelRegistry:
             return prev[0]
         finally:
             self._lock.release()
+
+    def follow(self, rr: Reranker, spec: str, precision: str) -> ModelRecord:
+        """Record and install a reranker another process installed and validated (a rollout
+        started elsewhere across the Ray replicas this server scores on): no checks, no
+        rollout of its own; the current model becomes the previous one. Waits for an update
+        running here to end."""
+        with self._lock:
+            rec = self._record(spec, precision, "active")
+            rec.version, rec.loaded_at = rr.version, _now()
+            folder = Path(spec).expanduser()
+            if folder.is_dir():
+                rec.path = folder.resolve()
+                rec.source = shown_path(rec.path, self._settings.model_roots)
+            else:
+                rec.kind, rec.source = "name", "built-in" if spec in BUILTINS else spec
+            t0 = time.perf_counter()
+            self._engine.swap_reranker(rr, sanity_check=False)  # validated where it started
+            rec.swap_ms = _ms(t0)
+            old = self._current
+            if old is not None:
+                old[0].status = "previous"
+            if self._previous is not None:
+                self._previous[0].status = "retired"
+            self._previous, self._current = old, (rec, rr)
+            self._remember(rec)
+            self._notify("ok")
+            self._persist()
+            release_memory()
+            log.info("reranker %s installed by a rollout", rr.version)
+            return rec
+
+    def _install(self, rr: Reranker, rec: ModelRecord) -> None:
+        if self._installer is not None:
+            self._installer(rr, rec)
+        # Validated (or the check waived): warms it, refuses non-finite warm-up scores. After a
+        # rollout the replicas hold it, so this process may now pin its searches to it.
+        self._engine.swap_reranker(rr, sanity_check=False)
 
     def candidate(
         self,
@@ -412,13 +466,11 @@ class ModelRegistry:
             raise
         t2 = time.perf_counter()
         try:
-            # Validated above (or the check waived): warms it, refuses non-finite warm-up scores.
-            self._engine.swap_reranker(rr, sanity_check=False)
+            self._install(rr, rec)
         except Exception as e:
-            log.warning("model %s: the warm-up failed: %s", spec, e)
-            raise reject(
-                f"the warm-up failed: {public_reason(e, self._settings.model_roots)}"
-            ) from None
+            what = "the warm-up failed" if self._installer is None else "the install failed"
+            log.warning("model %s: %s: %s", spec, what, e)
+            raise reject(f"{what}: {public_reason(e, self._settings.model_roots)}") from None
         rec.swap_ms = _ms(t2)
         rec.status = "active"
         old = self._current
@@ -439,47 +491,21 @@ class ModelRegistry:
         self, rr: Reranker, *, enforce_floor: bool = True, sanity_check: bool = True
     ) -> dict[str, Any]:
         """Golden-set, sanity-set (and validation-set) figures for ``rr``; raises
-        ValueError if unfit.
+        ValueError if unfit (:func:`validate_reranker` with the server's settings).
 
         ``enforce_floor=False`` measures NDCG@10 without refusing: the model the operator
         starts the server with is served even below the floor (with a warning).
         ``sanity_check=False`` measures the sanity set without refusing (with a warning);
         with the server's ``sanity_check`` off it is not run.
         """
-        out: dict[str, Any] = {}
-        t0 = time.perf_counter()
-        scores = np.concatenate([rr.score(q, [d]) for q, d in GOLDEN])
-        out["golden_pairs"] = len(GOLDEN)
-        out["golden_ms_per_pair"] = round(_ms(t0) / len(GOLDEN), 3)
-        if not np.isfinite(scores).all():
-            bad = int(np.flatnonzero(~np.isfinite(scores))[0])
-            raise ValueError(
-                f"non-finite score {scores[bad]} on golden pair {bad} ({GOLDEN[bad][0]!r})"
-            )
-        if self._settings.sanity_check:
-            sanity = check_reranker(rr)
-            out["sanity"] = {**sanity.to_dict(), "enforced": sanity_check}
-            if not sanity.passed and sanity_check:
-                raise SanityRefused(sanity.reason)
-            if not sanity.passed:
-                log.warning("reranker %s installed without passing: %s", rr.version, sanity.reason)
-        if self._validation is not None:
-            ndcg = float(
-                np.mean([ndcg_at_10(rr.score(q, docs), rels) for q, docs, rels in self._validation])
-            )
-            out["ndcg@10"] = round(ndcg, 4)
-            out["validation_queries"] = len(self._validation)
-            floor = self._settings.ndcg_floor
-            if floor is not None:
-                out["ndcg_floor"] = floor
-                below = not math.isfinite(ndcg) or ndcg < floor
-                if below and not enforce_floor:
-                    log.warning(
-                        "reranker %s: NDCG@10 %.4f is below the floor %s", rr.version, ndcg, floor
-                    )
-                elif below:
-                    raise ValueError(f"NDCG@10 {ndcg:.4f} on the validation set is below {floor}")
-        return out
+        return validate_reranker(
+            rr,
+            sanity=self._settings.sanity_check,
+            enforce_sanity=sanity_check,
+            validation=self._validation,
+            ndcg_floor=self._settings.ndcg_floor,
+            enforce_floor=enforce_floor,
+        )
 
     # ---- the live choice across restarts ----
     def _persist(self) -> None:
@@ -591,6 +617,60 @@ class ModelRegistry:
             self._on_update(result)
 
 
+def validate_reranker(
+    rr: Reranker,
+    *,
+    sanity: bool = True,
+    enforce_sanity: bool = True,
+    validation: list[tuple[str, list[str], list[int]]] | None = None,
+    ndcg_floor: float | None = None,
+    enforce_floor: bool = True,
+) -> dict[str, Any]:
+    """The checks a model swap runs, as figures: finite scores on :data:`GOLDEN`, the sanity
+    gate (:mod:`twostage.sanity`) when ``sanity``, and NDCG@10 on ``validation`` (from
+    :func:`load_validation_set`) against ``ndcg_floor`` when given.
+
+    Raises :class:`SanityRefused` when the sanity gate refuses (unless not
+    ``enforce_sanity``: then a warning), ``ValueError`` for a non-finite golden score or
+    NDCG@10 below the floor (unless not ``enforce_floor``). The server's swaps and the Ray
+    replicas' rollouts (:mod:`twostage.distributed.rollout`) both run it.
+
+    >>> validate_reranker(Reranker.load("twostage-rerank"))["sanity"]["passed"]  # doctest: +SKIP
+    True
+    """
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    scores = np.concatenate([rr.score(q, [d]) for q, d in GOLDEN])
+    out["golden_pairs"] = len(GOLDEN)
+    out["golden_ms_per_pair"] = round(_ms(t0) / len(GOLDEN), 3)
+    if not np.isfinite(scores).all():
+        bad = int(np.flatnonzero(~np.isfinite(scores))[0])
+        raise ValueError(
+            f"non-finite score {scores[bad]} on golden pair {bad} ({GOLDEN[bad][0]!r})"
+        )
+    if sanity:
+        result = check_reranker(rr)
+        out["sanity"] = {**result.to_dict(), "enforced": enforce_sanity}
+        if not result.passed and enforce_sanity:
+            raise SanityRefused(result.reason)
+        if not result.passed:
+            log.warning("reranker %s installed without passing: %s", rr.version, result.reason)
+    if validation is not None:
+        ndcg = float(np.mean([ndcg_at_10(rr.score(q, docs), rels) for q, docs, rels in validation]))
+        out["ndcg@10"] = round(ndcg, 4)
+        out["validation_queries"] = len(validation)
+        if ndcg_floor is not None:
+            out["ndcg_floor"] = ndcg_floor
+            below = not math.isfinite(ndcg) or ndcg < ndcg_floor
+            if below and not enforce_floor:
+                log.warning(
+                    "reranker %s: NDCG@10 %.4f is below the floor %s", rr.version, ndcg, ndcg_floor
+                )
+            elif below:
+                raise ValueError(f"NDCG@10 {ndcg:.4f} on the validation set is below {ndcg_floor}")
+    return out
+
+
 def load_validation_set(path: Path) -> list[tuple[str, list[str], list[int]]]:
     """A JSONL validation set: ``{"query": str, "documents": [{"text", "relevance"}]}``,
     relevance an integer grade (0 not relevant, 1, 2, ... more), as in qrels."""
@@ -640,9 +720,11 @@ def _now() -> str:
 
 __all__ = [
     "GOLDEN",
+    "Installer",
     "ModelRecord",
     "ModelRegistry",
     "ModelRejected",
     "SanityRefused",
     "ndcg_at_10",
+    "validate_reranker",
 ]
