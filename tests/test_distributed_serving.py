@@ -130,6 +130,30 @@ def test_scaling_settings_are_serve_options() -> None:
         ReplicaConfig(ndcg_floor=0.3)
 
 
+def test_the_documented_serve_config_builds(built: Path, tmp_path: Path) -> None:
+    """docs/distributed-serving.md's Serve config: its ``import_path`` and ``args`` make the
+    application (paths pointed at this test's collection, token file and model root)."""
+    import yaml
+    from ray.serve import Application
+    from twostage.distributed import ingress
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "distributed-serving.md").read_text()
+    config = yaml.safe_load(doc.split("```yaml\n", 1)[1].split("```", 1)[0])
+    (app,) = config["applications"]
+    assert app["import_path"] == "twostage.distributed.ingress:build"
+    (tmp_path / "token").write_text("a-token-of-some-length\n")
+    (tmp_path / "token").chmod(0o600)
+    args = {
+        **app["args"],
+        "collection": str(built),
+        "token_file": str(tmp_path / "token"),
+        "model_roots": [str(tmp_path)],
+    }
+    assert isinstance(ingress.build(args), Application)
+    with pytest.raises(InvalidArgument, match="'replica'"):
+        ingress.build({**args, "replica": 2})  # a misspelt key is refused, naming it
+
+
 # ---- scores and the deadline ---------------------------------------------------------------
 
 
@@ -169,6 +193,27 @@ def test_the_replicas_score_as_the_local_reranker(
     assert not b.degraded and b.scored == 20 and b.reranker_version == shipped.version
     assert [(h.id, h.reranker_score) for h in a.hits] == [(h.id, h.reranker_score) for h in b.hits]
     assert {h.reranker_version for h in b.hits} == {shipped.version}
+
+
+def test_a_sharded_engine_reranks_on_the_replicas(
+    one_replica: Any, built: Path, tmp_path: Path, shipped: Reranker
+) -> None:
+    """The sharded collection's engine (twostage.distributed) takes the same scorer: its first
+    stage on the shard actors, its pairs on the replica, each score the local model's."""
+    from twostage.distributed import ShardedCollection, ShardedEngine
+
+    sharded = ShardedCollection.from_collection(built, tmp_path / "sharded", 2, read_only=True)
+    try:
+        cfg = EngineConfig(first_stage="dense", score_cache_size=0, budget_ms=30_000)
+        engine = ShardedEngine(sharded, reranker=shipped, config=cfg, scorer=RayScorer(one_replica))
+        resp = engine.search(QUERIES[0], k=10, depth=20)
+        assert not resp.degraded and resp.shards_answered == 2 and resp.scored == 20
+        assert {h.reranker_version for h in resp.hits} == {shipped.version}
+        docs = {d.id: d.content for d in sharded.get([h.id for h in resp.hits])}
+        local = shipped.score(QUERIES[0], [docs[h.id] for h in resp.hits])
+        assert [h.reranker_score for h in resp.hits] == local.tolist()
+    finally:
+        sharded.close()
 
 
 def test_a_replica_refuses_a_version_it_does_not_hold(

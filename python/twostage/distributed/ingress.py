@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from twostage.config import default_reranker
 from twostage.distributed import require_ray
 from twostage.distributed.rollout import EngineFollower, ModelSpec, coordinator, rollout
 from twostage.distributed.serving import RayScorer, ReplicaConfig, Scaling, reranker_app
@@ -101,7 +102,10 @@ class Ingress:
         try:
             import ray
 
-            serving = ray.get(coordinator(self._app_name).serving.remote(), timeout=60)
+            configured = ModelSpec(
+                settings.reranker or default_reranker() or "none", settings.reranker_precision
+            )
+            serving = ray.get(coordinator(self._app_name).serving.remote(configured), timeout=60)
         except Exception as e:  # no coordinator answer: start on the configured model
             log.warning("ingress: the rollout coordinator did not answer (%s)", e)
         if serving is not None:  # a rollout installed it since the configuration was written
@@ -219,6 +223,14 @@ def build(args: dict[str, Any]) -> Any:
             args[k] = Path(args[k])
     if "model_roots" in args:
         args["model_roots"] = tuple(Path(p) for p in args["model_roots"])
+    known = {f.name for f in dataclasses.fields(ServerSettings)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise InvalidArgument(
+            f"unknown setting(s) {unknown} in the application's args: ServerSettings fields, "
+            "replicas, replica_cpus, target_ongoing_requests, ingress_replicas, ingress_cpus, "
+            "split, grace_ms, token_file"
+        )
     settings = ServerSettings(**args)
     return serve_app(settings, IngressOptions(scaling=scaling, **opts))
 

@@ -124,6 +124,7 @@ class MemberState:
     role: Role
     version: str | None
     model: ModelSpec | None
+    configured: ModelSpec | None = None  # the model its configuration names
 
 
 @dataclass(frozen=True)
@@ -194,12 +195,32 @@ class Coordinator:
         self._order = itertools.count()
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
-        #: What the last successful rollout installed (None: the configured model serves).
+        #: What the last successful rollout installed (None: the configured model serves),
+        #: and the configured model it replaced.
         self._serving: tuple[ModelSpec, str | None] | None = None
+        self._configured: ModelSpec | None = None
 
     # ---- members ----
-    async def serving(self) -> tuple[ModelSpec, str | None] | None:
-        """The model a member that starts now should load (None: its configured one)."""
+    async def serving(
+        self, configured: ModelSpec | None = None
+    ) -> tuple[ModelSpec, str | None] | None:
+        """The model a member that starts now should load (None: its ``configured`` one). A
+        member configured with another model than the rollout replaced (the application was
+        deployed again with a new one) is told None, and the rollout is forgotten: the
+        operator's new configuration wins, as a server restarted with another --reranker."""
+        if (
+            self._serving is not None
+            and configured is not None
+            and self._configured is not None
+            and configured != self._configured
+        ):
+            log.info(
+                "rollout %s: the configured model is now %s: it serves, not %s",
+                self.app,
+                configured.spec,
+                self._serving[0].spec,
+            )
+            self._serving = self._configured = None
         return self._serving
 
     async def poll(
@@ -237,6 +258,8 @@ class Coordinator:
         rollout checked it), once; rollouts in progress handle their own stragglers."""
         if self._serving is None or self._lock.locked():
             return
+        if m.state.configured is not None and m.state.configured != self._configured:
+            return  # deployed with another model since: its configuration wins
         model, version = self._serving
         if (
             version is None
@@ -323,7 +346,7 @@ class Coordinator:
         outcomes: dict[str, ReplicaOutcome] = {}
         # Each swapped member and the model it served before (what a rollback returns to).
         swapped: list[tuple[_Member, ModelSpec | None, str | None]] = []
-        before = self._serving
+        before = (self._serving, self._configured)
         previous: str | None = None
         done: set[str] = set()
         first = True
@@ -370,7 +393,8 @@ class Coordinator:
             )
             log.info("rollout %s: %s now serves %s", self.app, m.id, rep.version)
         # Every replica holds it: new replicas load it, and the engines may pin it now.
-        self._serving = (model, expect)
+        configured = next((m.state.configured for m, _, _ in swapped), None)
+        self._serving, self._configured = (model, expect), configured or self._configured
         for f in self._alive("engine"):
             if f.id in skip or (expect is not None and f.state.version == expect):
                 continue
@@ -384,7 +408,6 @@ class Coordinator:
             if not rep.ok:
                 why = f"{f.id} could not follow to {model.spec}: {rep.reason}"
                 outcomes[f.id] = ReplicaOutcome(f.id, "engine", "refused", old_version, rep.reason)
-                self._serving = before
                 return await self._abort(model, expect, previous, outcomes, swapped, why, before)
             swapped.append((f, old_model, old_version))
             outcomes[f.id] = ReplicaOutcome(f.id, "engine", "followed", rep.version, ms=rep.ms)
@@ -406,10 +429,10 @@ class Coordinator:
         outcomes: dict[str, ReplicaOutcome],
         swapped: list[tuple[_Member, ModelSpec | None, str | None]],
         reason: str,
-        before: tuple[ModelSpec, str | None] | None,
+        before: tuple[tuple[ModelSpec, str | None] | None, ModelSpec | None],
     ) -> RolloutResult:
         """Roll the swapped members back, newest first, each to the model it held."""
-        self._serving = before
+        self._serving, self._configured = before
         for m, old_model, old_version in reversed(swapped):
             if old_model is None:
                 continue
@@ -481,12 +504,13 @@ class Member:
         self._thread: threading.Thread | None = None
         self._actor = coordinator(app)
 
-    def serving(self) -> tuple[ModelSpec, str | None] | None:
-        """The model the last successful rollout installed, if any."""
+    def serving(self, configured: ModelSpec | None) -> tuple[ModelSpec, str | None] | None:
+        """The model the last successful rollout installed, if any (and if it replaced
+        ``configured``: see :meth:`Coordinator.serving`)."""
         import ray
 
         result: tuple[ModelSpec, str | None] | None = ray.get(
-            self._actor.serving.remote(), timeout=60
+            self._actor.serving.remote(configured), timeout=60
         )
         return result
 
@@ -509,20 +533,23 @@ class Member:
         import ray
 
         report: Report | None = None
+        failing = False
         while not self._stop.is_set():
             try:
                 cmd = ray.get(
                     self._actor.poll.remote(self.id, self._state(), report, POLL_S),
                     timeout=POLL_S + 30.0,
                 )
-                report = None
-            except Exception as e:  # the coordinator restarts, or the cluster goes away
+                report, failing = None, False
+            except Exception as e:  # the coordinator restarts (Ray does), or was removed
                 if self._stop.is_set():
                     return
-                log.warning("rollout member %s: poll failed (%s); retrying", self.id, e)
-                self._stop.wait(1.0)
-                try:
-                    self._actor = coordinator(self.app)
+                if not failing:
+                    log.warning("rollout member %s: poll failed (%s); retrying", self.id, e)
+                failing = True
+                self._stop.wait(2.0)
+                try:  # never made again here: forget() removed it on purpose
+                    self._actor = coordinator(self.app, create=False)
                 except Exception:
                     pass
                 continue

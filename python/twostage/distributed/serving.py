@@ -23,8 +23,10 @@ deadline plus ``grace_ms`` at the most, then cancels the call and returns what i
 rest are unscored with a ``budget`` or ``timeout`` reason, never an error.
 
 **Batching.** Measured against ``@serve.batch`` (``benches/distributed_serving.py``,
-BENCHMARKS.md §15): the Batcher gave the same throughput and a lower p99 under concurrent
-callers, and only it cuts a request short at its deadline, so it is the one kept.
+BENCHMARKS.md §15): the same throughput within the noise when every pair may be scored; at
+the model's 150 ms budget with 4 callers, ``@serve.batch`` (batches of whole searches, no
+notion of deadlines, a late run cancelled whole) scored no pair at all, the Batcher 6-9 % of
+them on an overloaded 2-core box. The Batcher is kept.
 
 >>> from twostage.distributed.serving import ReplicaConfig, Scaling, deploy_reranker, RayScorer
 >>> config = ReplicaConfig(reranker="twostage-rerank")
@@ -74,8 +76,7 @@ class ReplicaConfig:
         max_pairs: the most pairs in one model run (the Batcher's ``max_pairs``); None: two
             per thread. A CPU replica runs pair by pair anyway (batch-invariant scores), so
             a batch buys no speed, and a batch's scores come back only when it ends: small
-            batches hand back a prefix by a tight deadline (150 ms, 30 pairs, 1 thread: 18-19
-            pairs at 2 a batch, 0-24 at 16; the same pairs/s).
+            batches hand back a prefix by a tight deadline more often (BENCHMARKS.md §15).
         max_wait_ms: how long a replica waits for more requests before a smaller batch.
         transit_ms: how long before the search's deadline a replica stops, so its answer
             arrives in time.
@@ -255,7 +256,7 @@ class RerankerReplica:
         # The models before the last install: what a rollback of that install restores.
         self._undo: _Held | None = None
         self._member = Member(ctx.app_name, self.id, self._state, self._command)
-        serving = self._member.serving()
+        serving = self._member.serving(config.model)
         if serving is not None:  # a rollout installed it (validated then): start on it
             model = serving[0]
             rr = self._load(model)
@@ -317,7 +318,7 @@ class RerankerReplica:
     # ---- rollouts ----
     def _state(self) -> MemberState:
         held: _Held = self._slot.get()[1]
-        return MemberState("reranker", held.current.version, held.model)
+        return MemberState("reranker", held.current.version, held.model, self._config.model)
 
     def _load(self, model: ModelSpec) -> Reranker:
         return Reranker.load(
