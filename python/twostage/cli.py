@@ -332,7 +332,8 @@ def _parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  TWOSTAGE_TOKEN=$(cat ~/.ts-token) twostage serve docs/ --model-root ~/models\n"
             "  twostage serve docs/ --token-file /run/secrets/ts --port 9000 --protect-reads\n"
-            "  twostage serve docs/ --insecure-no-auth     # a trusted machine, loopback only"
+            "  twostage serve docs/ --insecure-no-auth     # a trusted machine, loopback only\n"
+            "  twostage serve docs/ --ray local --replicas 2  # the reranker on Ray Serve replicas"
         ),
     )
     _fmt(sv)
