@@ -108,6 +108,9 @@ class EngineConfig:
     )
     #: HNSW search width (None: the index's own ef_search).
     ef_search: int | None = None
+    #: The dense list by brute force over every stored vector instead of the HNSW walk:
+    #: exact, the ground truth for tests and recall figures, O(documents) per search.
+    exact_search: bool = False
     query_cache_size: int = field(
         default_factory=lambda: _env_int("TWOSTAGE_QUERY_CACHE_SIZE", 4096)
     )
@@ -158,6 +161,12 @@ class EngineConfig:
             )
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "exact_search":
+                if not isinstance(value, bool):
+                    raise InvalidArgument(
+                        f"EngineConfig.exact_search must be a bool, not {value!r}"
+                    )
+                continue
             if value is None or f.name in ("first_stage", "fusion_rule"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):

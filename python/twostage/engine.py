@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -864,7 +864,10 @@ class Engine:
         if mode != "bm25":
             assert vec is not None
             t = time.perf_counter()
-            dkeys, dd = dense_search(self._col.index, vec, ask, self.config.ef_search, allowed)
+            every = self._all_keys if self.config.exact_search else None
+            dkeys, dd = dense_search(
+                self._col.index, vec, ask, self.config.ef_search, allowed, every
+            )
             t_ann = time.perf_counter() - t
             if mode == "dense":
                 sim = np.asarray([_similarity(self._metric, float(x)) for x in dd], np.float32)
@@ -901,6 +904,10 @@ class Engine:
             bm25,
             positions if ranks is None else ranks,
         )
+
+    def _all_keys(self) -> np.ndarray:
+        """Every document's key (the exact search's scan list)."""
+        return np.fromiter(self._col.store.keys(), dtype=np.uint64)
 
     def _similarities(self, vec: np.ndarray, keys: np.ndarray) -> np.ndarray:
         """The dense similarity of lexical candidates, from their stored embeddings. A
@@ -1098,14 +1105,26 @@ _RESERVE_S = 0.001
 
 
 def dense_search(
-    index: Index, vec: np.ndarray, k: int, ef: int | None, allowed: KeySet | None
+    index: Index,
+    vec: np.ndarray,
+    k: int,
+    ef: int | None,
+    allowed: KeySet | None,
+    all_keys: Callable[[], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The dense list: the top ``k`` (keys, distances) for the query vector, only ``allowed``
-    keys if given (an exact scan when they are few, else the filtered HNSW walk)."""
+    keys if given (an exact scan when they are few, else the filtered HNSW walk). With
+    ``all_keys`` (the index's keys, when asked) the search is exact: a scan of every vector
+    (or every allowed one)."""
     k = max(min(k, len(index)), 1)
     if allowed is None:
-        res = index.search(vec, k=k, ef=ef)
-    elif exact_is_cheaper(allowed.count, len(index), max(k, ef or index.ef_search)):
+        if all_keys is not None:
+            res = index.search_exact(vec, all_keys(), k=k)
+        else:
+            res = index.search(vec, k=k, ef=ef)
+    elif all_keys is not None or exact_is_cheaper(
+        allowed.count, len(index), max(k, ef or index.ef_search)
+    ):
         res = index.search_exact(vec, allowed.keys, k=k)
     else:
         res = index.search(vec, k=k, ef=ef, allowed=allowed.mask)

@@ -77,6 +77,7 @@ def read_corpus(
     text_field: str = "text",
     title_field: str = "title",
     delimiter: str = ",",
+    first_line: int = 1,
 ) -> Iterator[Record]:
     """Stream the documents of a corpus file, one ``Record`` per line (CSV: per row).
 
@@ -93,6 +94,11 @@ def read_corpus(
       metadata as a string.
     - ``auto``: by suffix, ignoring a trailing ``.gz``: ``.jsonl``/``.json`` (JSON Lines),
       ``.csv``, ``.tsv`` (CSV with tab delimiter), ``.txt``.
+
+    ``first_line``: records from that line on (line numbers stay the file's). JSONL and text
+    lines before it are read but not parsed, so readers of a file's later parts (a
+    distributed ingest, :mod:`twostage.distributed.ingest`) skip ahead cheaply; CSV rows
+    can span lines, so CSV parses them and drops the records.
 
     Any format may be gzip-compressed. Blank lines are skipped silently; every other
     unusable line yields a record with ``doc=None`` and an ``error`` naming the field, and
@@ -117,6 +123,8 @@ def read_corpus(
             raise InvalidArgument(f"{name} must be a non-empty string, got {value!r}")
     if not isinstance(title_field, str) or not title_field:
         raise InvalidArgument(f"title_field must be a non-empty string, got {title_field!r}")
+    if isinstance(first_line, bool) or not isinstance(first_line, int) or first_line < 1:
+        raise InvalidArgument(f"first_line must be a line number >= 1, got {first_line!r}")
     if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '\r\n"':
         raise InvalidArgument(
             f"delimiter must be one character other than a quote or newline, got {delimiter!r}"
@@ -130,10 +138,11 @@ def read_corpus(
         if tab:
             delimiter = "\t"
     if format == "jsonl":
-        return _read_jsonl(path, id_field, text_field, title_field)
+        return _read_jsonl(path, id_field, text_field, title_field, first_line)
     if format == "text":
-        return _read_text(path)
-    return _read_csv(path, id_field, text_field, title_field, delimiter)
+        return _read_text(path, first_line)
+    rows = _read_csv(path, id_field, text_field, title_field, delimiter)
+    return rows if first_line <= 1 else (r for r in rows if r.line >= first_line)
 
 
 def count_lines(path: str | os.PathLike[str]) -> int:
@@ -230,8 +239,10 @@ def _utf8_error(e: UnicodeDecodeError, what: str) -> str:
     return f"{what} is not valid UTF-8: byte 0x{bad} at byte {e.start} ({e.reason})"
 
 
-def _read_text(path: str) -> Iterator[Record]:
+def _read_text(path: str, first_line: int = 1) -> Iterator[Record]:
     for number, raw in _lines(path):
+        if number < first_line:
+            continue
         if raw is None:
             yield Record(number, None, _too_long())
             continue
@@ -244,11 +255,15 @@ def _read_text(path: str) -> Iterator[Record]:
             yield _record(number, str(number), text, "", None)
 
 
-def _read_jsonl(path: str, id_field: str, text_field: str, title_field: str) -> Iterator[Record]:
+def _read_jsonl(
+    path: str, id_field: str, text_field: str, title_field: str, first_line: int = 1
+) -> Iterator[Record]:
     # "id" stands in for "_id" only under the default naming: a caller who names a field
     # means that field.
     fallback = "id" if id_field == "_id" else None
     for number, raw in _lines(path):
+        if number < first_line:
+            continue
         if raw is None:
             yield Record(number, None, _too_long())
             continue

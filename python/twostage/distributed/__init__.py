@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the real names for type checkers; at run time, loaded on first use
     from twostage.distributed.engine import ShardedEngine
+    from twostage.distributed.ingest import ShardedIngestReport, ingest
     from twostage.distributed.layout import shard_of, split_collection
     from twostage.distributed.router import ShardedAddResult, ShardedCollection
 
@@ -31,6 +32,8 @@ _LAZY = {
     "ShardedAddResult": "twostage.distributed.router",
     "ShardedCollection": "twostage.distributed.router",
     "ShardedEngine": "twostage.distributed.engine",
+    "ShardedIngestReport": "twostage.distributed.ingest",
+    "ingest": "twostage.distributed.ingest",
     "shard_of": "twostage.distributed.layout",
     "split_collection": "twostage.distributed.layout",
 }
@@ -50,6 +53,8 @@ __all__ = [
     "ShardedAddResult",
     "ShardedCollection",
     "ShardedEngine",
+    "ShardedIngestReport",
+    "ingest",
     "require_ray",
     "shard_of",
     "split_collection",

@@ -42,8 +42,9 @@ class ShardedEngine(Engine):
         encoder: the query encoder; default: the one the manifest names, loaded here. It
             must be the encoder that embedded the shards (same fingerprint).
         reranker, config, scorer: as :class:`~twostage.engine.Engine` takes them.
-        shard_timeout_ms: how long a search waits for the shards (both phases); a shard
-            that has not answered by then is left out of that answer.
+        shard_timeout_ms: how long a search waits for the shards in each of its two phases
+            (the lists, then the documents); a shard that has not answered by then is left
+            out of that answer.
 
     >>> engine = ShardedEngine(sharded, reranker=None, shard_timeout_ms=200)  # doctest: +SKIP
     """
@@ -126,6 +127,7 @@ class ShardedEngine(Engine):
             need_bm25=need_bm25,
             timeout_s=self.shard_timeout_ms / 1000.0,
             ef=self.config.ef_search,
+            exact=self.config.exact_search,
             rrf_c=self.config.rrf_c,
         )
 

@@ -5,12 +5,13 @@ in parallel across shards; each shard actor is its shard's one writer, so the ro
 serialises nothing. A search is two phases, as Elasticsearch's ``query_then_fetch``:
 
 1. **query**: every shard returns its top-``n`` lists (dense: keys and distances; BM25: keys
-   and scores), waited for until a per-shard deadline (``ray.wait`` with a timeout);
+   and scores), waited for until a deadline (``ray.wait`` with a timeout);
 2. the router merges them with the core's :func:`~twostage.merge_topk` (a total order:
    ties by key) into one top-``n`` per list, and for ``hybrid`` fuses the two *global*
    lists by reciprocal rank (:func:`~twostage.rrf`), as one collection does;
 3. **fetch**: the shards holding the merged candidates return their documents (with token
-   ids for the reranker, and stored-embedding similarities when the fusion needs them).
+   ids for the reranker, and stored-embedding similarities when the fusion needs them),
+   waited for until a deadline of their own (the same timeout again).
 
 A shard that is late, dead or restarting is left out: the answer comes from the others and
 says so (:class:`~twostage.engine.Candidates` ``parts_answered``/``missing``; the engine's
@@ -65,7 +66,7 @@ from ray.exceptions import RayError, RayTaskError  # noqa: E402
 
 from twostage.distributed.shard import ShardActor, ShardDocs, ShardLists  # noqa: E402
 
-#: How long a search waits for a shard by default (both phases together), in seconds.
+#: How long a search waits for the shards by default, in each of its two phases, in seconds.
 DEFAULT_SHARD_TIMEOUT_S = 1.0
 #: Actor options a shard gets unless told otherwise: spread over the nodes, no CPU reserved
 #: (a real cluster sets ``num_cpus``/``memory``/``resources`` to place shards on purpose).
@@ -347,19 +348,19 @@ class ShardedCollection:
         need_bm25: bool,
         timeout_s: float = DEFAULT_SHARD_TIMEOUT_S,
         ef: int | None = None,
+        exact: bool = False,
         rrf_c: float = 60.0,
     ) -> Candidates:
-        """The top ``n`` candidates over every shard that answers within ``timeout_s``, as
-        :meth:`Engine._candidates <twostage.engine.Engine._candidates>` returns them from one
-        collection (the module's docstring has the phases)."""
-        t0 = time.perf_counter()
-        deadline = t0 + timeout_s
+        """The top ``n`` candidates over every shard that answers each phase within
+        ``timeout_s``, as :meth:`Engine._candidates <twostage.engine.Engine._candidates>`
+        returns them from one collection (the module's docstring has the phases)."""
+        deadline = time.perf_counter() + timeout_s
         n_sh = self.n_shards
         want_dense = mode != "bm25"
         want_bm25 = mode != "dense" or need_bm25
         refs = {
             a.query.remote(
-                vec if want_dense else None, query, n, want_dense, want_bm25, filter, ef
+                vec if want_dense else None, query, n, want_dense, want_bm25, filter, ef, exact
             ): s
             for s, a in enumerate(self._actors)
         }
@@ -416,7 +417,9 @@ class ShardedCollection:
             ): s
             for s, rows in by_shard.items()
         }
-        fetched, lost = _gather(frefs, deadline)
+        # The fetch phase gets its own wait: a late shard in the query phase must not leave
+        # the ones that answered no time to send their documents.
+        fetched, lost = _gather(frefs, time.perf_counter() + timeout_s)
         missing.update(lost)
         docs: list[StoredDoc | None] = [None] * len(keys)
         sims_all = np.full(len(keys), np.nan, dtype=np.float32) if sim_vec is not None else None

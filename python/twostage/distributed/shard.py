@@ -111,9 +111,10 @@ class ShardActor:
         bm25: bool,
         filter: dict[str, Any] | None,
         ef: int | None,
+        exact: bool = False,
     ) -> ShardLists:
-        """The shard's top ``n`` dense list (``vec``'s nearest) and/or BM25 list (``text``),
-        only documents matching ``filter`` if given."""
+        """The shard's top ``n`` dense list (``vec``'s nearest; by brute force if ``exact``)
+        and/or BM25 list (``text``), only documents matching ``filter`` if given."""
         self._catch_up()
         col = self._col
         allowed = None
@@ -133,7 +134,8 @@ class ShardActor:
             if (allowed is not None and allowed.count == 0) or len(col.index) == 0:
                 dk, dd = np.empty(0, np.uint64), np.empty(0, np.float32)
             else:
-                dk, dd = dense_search(col.index, vec, n, ef, allowed)
+                every = self._all_keys if exact else None
+                dk, dd = dense_search(col.index, vec, n, ef, allowed, every)
             t_ann = time.perf_counter() - t
         if bm25:
             t = time.perf_counter()
@@ -227,6 +229,9 @@ class ShardActor:
                     f"document {doc_id!r} belongs to shard {shard_of(doc_id, self._n)}, not "
                     f"{self._shard}: writes go through the router"
                 )
+
+    def _all_keys(self) -> np.ndarray:
+        return np.fromiter(self._col.store.keys(), dtype=np.uint64)
 
     def _catch_up(self) -> None:
         if self._col.read_only and time.monotonic() - self._refreshed >= REFRESH_S:
