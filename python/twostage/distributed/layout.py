@@ -12,8 +12,8 @@ A document lives in shard ``shard_of(id, n)``: the first 8 bytes of the BLAKE2b 
 UTF-8 id, little-endian, modulo ``n``. The rule is written into the manifest and never
 depends on the process (Python's ``hash()`` is salted per process, so it would scatter a
 document across shards between runs). Each shard folder is a normal collection: open it
-with :meth:`twostage.collection.Collection.open`, check or repair it with
-``twostage index check/repair`` as any other.
+with :meth:`twostage.collection.Collection.open`, check it with ``twostage index check``,
+and a writable open repairs its index from its store, as for any other.
 
 Nothing here needs Ray: :func:`split_collection` re-shards a collection folder on one
 machine (copying stored embeddings, no re-encoding), and :mod:`twostage.distributed.ingest`

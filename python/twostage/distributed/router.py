@@ -57,7 +57,13 @@ from twostage.distributed.layout import (
 from twostage.document import Document, DocumentLike, as_document
 from twostage.encoder import Encoder
 from twostage.engine import Candidates, fill_missing
-from twostage.errors import InvalidArgument, KeyNotFound, ShardUnavailable, TwostageError
+from twostage.errors import (
+    InvalidArgument,
+    KeyNotFound,
+    ReadOnlyCollection,
+    ShardUnavailable,
+    TwostageError,
+)
 from twostage.store import StoredDoc
 
 require_ray()
@@ -475,8 +481,6 @@ class ShardedCollection:
         if self._closed:
             raise InvalidArgument(f"sharded collection {self.path} is closed")
         if self._read_only:
-            from twostage.errors import ReadOnlyCollection
-
             raise ReadOnlyCollection(
                 f"sharded collection {self.path} is open read-only (search replicas): send "
                 "writes to the ShardedCollection that opened it for writing"
