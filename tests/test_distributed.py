@@ -39,6 +39,7 @@ from twostage.errors import (
     ShardUnavailable,
 )
 from twostage.reranker import Reranker
+from twostage.sources import read_corpus
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SCIFACT = SHARED / "data" / "scifact"
@@ -391,6 +392,51 @@ def test_a_killed_ingest_resumes_to_the_same_shards(ray_cluster: Any, tmp_path: 
             np.testing.assert_array_equal(a[2][i], b[2][i], err_msg=i)
         assert a[3] == b[3], f"shard {s}: search results differ"
     assert ingest(corpus, out, 3, **opts).already_complete
+
+
+def test_a_new_sharded_collection_starts_empty_and_reopens(
+    ray_cluster: Any, tmp_path: Path
+) -> None:
+    sc = ShardedCollection.create(
+        tmp_path / "new",
+        Encoder.load("minilm-l6"),
+        2,
+        collection_options={"lexical": False},
+        actor_options=NO_CPU,
+    )
+    try:
+        assert len(sc) == 0 and sc.check() == {0: [], 1: []}
+        texts = ["graph index search", "inverted index bm25", "cross-encoder reranking"]
+        sc.add([{"id": f"d{i}", "text": t} for i, t in enumerate(texts)])
+        engine = ShardedEngine(sc, reranker=None)
+        assert engine.defaults.first_stage == "dense"  # no BM25 here: the default follows
+        assert engine.search("rerank with a cross-encoder", k=1).hits[0].id == "d2"
+        with pytest.raises(InvalidArgument, match="needs a lexical index"):
+            engine.search("bm25", first_stage="bm25")
+    finally:
+        sc.close()
+    with ShardedCollection.open(tmp_path / "new", actor_options=NO_CPU) as again:
+        assert len(again) == 3
+
+
+def test_read_corpus_from_a_later_line_is_the_tail_of_the_whole(tmp_path: Path) -> None:
+    """What each ingest read span reads: from its first line on, the same records."""
+    rows = [json.dumps({"_id": f"d{i}", "text": f"passage {i}"}) for i in range(40)]
+    rows[7] = "{broken"
+    jsonl = tmp_path / "c.jsonl.gz"
+    jsonl.write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
+    text = tmp_path / "c.txt"
+    text.write_text("\n".join(f"line {i}" if i % 5 else "" for i in range(40)) + "\n")
+    csv = tmp_path / "c.csv"
+    csv.write_text("id,text\n" + "".join(f'd{i},"row\n{i}"\n' for i in range(20)))
+    for path in (jsonl, text, csv):
+        whole = list(read_corpus(path))
+        for first in (1, 2, 8, 23, 41):
+            assert list(read_corpus(path, first_line=first)) == [
+                r for r in whole if r.line >= first
+            ], (path.name, first)
+    with pytest.raises(InvalidArgument, match="first_line"):
+        read_corpus(text, first_line=0)
 
 
 def test_layout_doctests() -> None:

@@ -193,6 +193,7 @@ class ShardedCollection:
         manifest = None
         for i in range(n_shards):
             with Collection.create(top / shard_dir(i), encoder, **(collection_options or {})) as c:
+                c.flush()  # an (empty) index snapshot: the actor's open has nothing to rebuild
                 manifest = c.manifest
         assert manifest is not None
         write_layout(top, layout_manifest(manifest, n_shards))
