@@ -9,7 +9,9 @@
    cascade and 150 ms budget). Reported: p50/p99 of the search's wall time, and of the
    per-query difference to the in-process engine (the router's cost: two Ray round trips
    per search, the merge, and the documents' trip from the shards).
-2. **Ingest throughput.** The first ``--ingest-docs`` SciFact abstracts (full 256-token
+2. **BM25 per shard.** NDCG@10 on SciFact's test queries, one collection against 3 shards,
+   each first stage alone: what each shard scoring BM25 with its own statistics costs.
+3. **Ingest throughput.** The first ``--ingest-docs`` SciFact abstracts (full 256-token
    limit), built by ``twostage.ingest.build`` in process and by
    ``twostage.distributed.ingest`` into 3 shards with 1 encoder actor (2 threads), 1 (1
    thread) and 2 (1 thread each); runs alternate, each setting ``--repeats`` times.
@@ -174,6 +176,63 @@ def table_overhead(setting: str, rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- BM25 per shard
+
+
+def quality_part(args: argparse.Namespace) -> dict[str, Any]:
+    """NDCG@10 on SciFact's test queries, one collection against 3 shards (first stage only):
+    what each shard scoring BM25 with its own statistics costs."""
+    from twostage.beir import Dataset
+    from twostage.collection import Collection
+    from twostage.distributed import ShardedCollection, ShardedEngine
+    from twostage.distributed.layout import split_collection
+    from twostage.engine import Engine
+    from twostage.metrics import as_run, ndcg10
+
+    src = find_scifact(args.scifact)
+    ds = Dataset.load(SCIFACT)
+    path = OUT / "scifact-3"
+    if not (path / "shards.json").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        split_collection(src, path, 3)
+    out: dict[str, Any] = {}
+    with (
+        Collection.open(src, read_only=True) as col,
+        ShardedCollection.open(path, read_only=True, actor_options={"num_cpus": 0}) as sc,
+    ):
+        one = Engine(col, reranker=None)
+        three = ShardedEngine(sc, reranker=None, shard_timeout_ms=30_000)
+        for mode in ("dense", "bm25", "hybrid"):
+            runs: dict[str, dict[str, list[str]]] = {"one": {}, "three": {}}
+            overlap = 0
+            for qid, q in ds.queries.items():
+                a = [h.id for h in one.search(q, k=10, first_stage=mode, rerank=False).hits]
+                b = [h.id for h in three.search(q, k=10, first_stage=mode, rerank=False).hits]
+                runs["one"][qid], runs["three"][qid] = a, b
+                overlap += len(set(a) & set(b))
+            out[mode] = {
+                "ndcg10_one": ndcg10(ds.qrels, as_run(runs["one"])),
+                "ndcg10_three": ndcg10(ds.qrels, as_run(runs["three"])),
+                "overlap_at_10": overlap / (10 * len(ds.queries)),
+            }
+    print(table_quality(out), flush=True)
+    return out
+
+
+def table_quality(res: dict[str, Any]) -> str:
+    lines = [
+        "\nSciFact test, first stage only: one collection against 3 shards",
+        "| first stage | NDCG@10 one | NDCG@10 3 shards | top-10 overlap |",
+        "|---|---:|---:|---:|",
+    ]
+    for mode, r in res.items():
+        lines.append(
+            f"| {mode} | {r['ndcg10_one']:.4f} | {r['ndcg10_three']:.4f} | "
+            f"{100 * r['overlap_at_10']:.1f} % |"
+        )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- 2. ingest
 
 
@@ -247,6 +306,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--skip-ingest", action="store_true")
+    ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--out", default=str(OUT / "distributed.json"))
     ap.add_argument("--table", help="print the markdown tables of a result file and exit")
     args = ap.parse_args()
@@ -255,6 +315,8 @@ def main() -> None:
         for setting in ("first stage", "defaults"):
             if setting in res.get("overhead", {}):
                 print(table_overhead(setting, res["overhead"][setting]))
+        if "quality" in res:
+            print(table_quality(res["quality"]))
         if "ingest" in res:
             print(table_ingest(res["ingest"]))
         return
@@ -266,6 +328,8 @@ def main() -> None:
     try:
         if not args.skip_overhead:
             res["overhead"] = overhead_part(args)
+        if not args.skip_quality:
+            res["quality"] = quality_part(args)
         if not args.skip_ingest:
             res["ingest"] = ingest_part(args)
     finally:
