@@ -12,22 +12,35 @@ import pytest
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 # Under pytest-xdist (`--dist loadgroup`, what CI runs) a test module runs on one worker, so
-# its module fixtures are built once; the modules that share an expensive session fixture run
-# on one worker together, so it is built once too (SciFact's collection takes ~90 s, a Ray
-# cluster a few seconds and a good share of memory).
-_SHARED_FIXTURE_GROUPS = {"scifact_collection": "scifact", "ray_cluster": "ray"}
+# its module fixtures are built once; the modules that use an expensive session fixture run on
+# one worker together, so it is built once too (SciFact's collection takes ~90 s, a Ray cluster
+# seconds and a good share of memory). Modules using several of them join their groups.
+_SHARED_FIXTURES = ("scifact_collection", "ray_cluster")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    by_module: dict[str, str] = {}
-    for item in items:
-        for fixture, group in _SHARED_FIXTURE_GROUPS.items():
-            if fixture in getattr(item, "fixturenames", ()):
-                by_module[item.nodeid.split("::")[0]] = group
+    uses: dict[str, set[str]] = {}
     for item in items:
         module = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(by_module.get(module, module)))
+        names = set(getattr(item, "fixturenames", ())) & set(_SHARED_FIXTURES)
+        uses.setdefault(module, set()).update(names)
+    group = {f: f for f in _SHARED_FIXTURES}  # union-find over the fixtures
+
+    def root(f: str) -> str:
+        while group[f] != f:
+            f = group[f]
+        return f
+
+    for names in uses.values():
+        roots = sorted({root(f) for f in names})
+        for r in roots[1:]:
+            group[r] = roots[0]
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        names = uses[module]
+        name = f"shared-{root(min(names))}" if names else module
+        item.add_marker(pytest.mark.xdist_group(name))
 
 
 def free_port() -> int:
