@@ -76,7 +76,7 @@ fn bench_search(c: &mut Criterion) {
         let mut config = Config::new(dim);
         config.dtype = dtype;
         config.rescore = rescore;
-        config.ef_search = 128;
+        config.ef_search = Some(128);
         let index = Index::new(config).unwrap();
         index.add(&keys, &base).unwrap();
         let label = format!("{}{}", dtype.name(), if rescore { "+rescore" } else { "" });

@@ -35,7 +35,8 @@ def data50k() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return base, qs, brute_force(base, qs, 10)
 
 
-# Recall@10 at the default ef (64) on 50k clustered vectors, against numpy brute force.
+# Recall@10 at the default ef (which follows the size: default_ef(50_000, 10)) on 50k
+# clustered vectors, against numpy brute force.
 # f32/f16 must reach the issue's 0.95. i8 is capped by quantisation (the issue measured
 # recall@100 ~0.92 at 1M with PyPI usearch); its floor is 0.85 here, and rescoring with the
 # f16 copies must bring it back to the f32 bar.
@@ -329,6 +330,42 @@ def test_search_releases_the_gil() -> None:
         done.set()
         t.join()
     assert during > 1000, f"the other thread advanced only {during} ticks during the search"
+
+
+def test_default_ef_follows_the_size_and_a_set_ef_wins(tmp_path: Path) -> None:
+    """The rule's mechanics (its recall is BENCHMARKS.md §2's business): without ef_search
+    an index searches with default_ef(its size, k), which grows with both; a set ef_search,
+    or an ef passed to the call, wins; both settings survive save/load/view."""
+    from twostage._core import default_ef
+
+    sizes = [0, 10_000, 100_000, 1_000_000, 10_000_000]
+    for k in (1, 10, 100):
+        efs = [default_ef(n, k) for n in sizes]
+        assert efs == sorted(efs) and efs[0] >= k, efs
+        assert efs[-1] > efs[0], f"k={k}: the default does not follow the size ({efs})"
+    assert default_ef(100_000, 10) <= default_ef(100_000, 100)
+    base = clustered_vectors(2000, 16, seed=3)
+    auto, fixed = Index(16), Index(16, ef_search=300)
+    assert (auto.ef_search, fixed.ef_search) == (None, 300)
+    for index in (auto, fixed):
+        index.add(np.arange(2000), base)
+    assert auto.search_ef(100) == default_ef(2000, 100)
+    assert fixed.search_ef(100) == fixed.search_ef(1) == 300
+    # A search that names no ef is the search at search_ef(k) (the walk is deterministic).
+    qs = queries(50, 16, seed=3)
+    for index in (auto, fixed):
+        for k in (1, 10, 100):
+            got, named = index.search(qs, k), index.search(qs, k, ef=index.search_ef(k))
+            np.testing.assert_array_equal(got.keys, named.keys)
+            np.testing.assert_array_equal(got.distances, named.distances)
+    for index in (auto, fixed):
+        index.save(tmp_path / "ix.tsidx")
+        assert Index.read_header(tmp_path / "ix.tsidx")["ef_search"] == index.ef_search
+        for opened in (Index.load(tmp_path / "ix.tsidx"), Index.view(tmp_path / "ix.tsidx")):
+            assert opened.ef_search == index.ef_search
+            assert opened.search_ef(100) == index.search_ef(100)
+    with pytest.raises(errors.InvalidArgument, match="ef_search"):
+        Index(16, ef_search=0)
 
 
 def test_module_constants() -> None:

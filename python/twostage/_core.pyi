@@ -13,6 +13,7 @@ __all__ = [
     "Index",
     "SearchResult",
     "Slot",
+    "default_ef",
     "merge_topk",
     "rerank_order",
     "rrf",
@@ -50,7 +51,7 @@ class Index:
         dtype: Literal["f32", "f16", "i8"] | str = "f32",
         connectivity: int = 16,
         ef_construction: int = 128,
-        ef_search: int = 64,
+        ef_search: int | None = None,
         shards: int = 1,
         threads: int | None = None,
         rescore: bool = False,
@@ -88,7 +89,8 @@ class Index:
     @property
     def ef_construction(self) -> int: ...
     @property
-    def ef_search(self) -> int: ...
+    def ef_search(self) -> int | None: ...
+    def search_ef(self, k: int = 10) -> int: ...
     @property
     def shards(self) -> int: ...
     @property
@@ -111,6 +113,7 @@ class Slot:
     @property
     def version(self) -> int: ...
 
+def default_ef(n: int, k: int = 10) -> int: ...
 def merge_topk(
     lists: Sequence[tuple[Sequence[int] | npt.ArrayLike, Sequence[float] | npt.ArrayLike]],
     k: int,

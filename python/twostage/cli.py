@@ -628,7 +628,15 @@ def _index_info(args: argparse.Namespace) -> int:
         ("documents", f"{info['documents']:,} (indexed {info['indexed']:,})"),
         ("encoder", f"{enc['name']} {enc['precision']} (fingerprint {enc['fingerprint']})"),
         ("index", f"{info['metric']} {info['dtype']} dim={info['dim']} shards={info['shards']}"),
-        ("hnsw", f"M={info['connectivity']} efC={info['ef_construction']} ef={info['ef_search']}"),
+        (
+            "hnsw",
+            f"M={info['connectivity']} efC={info['ef_construction']} ef="
+            + (
+                str(info["ef_search"])
+                if info["ef_search"]
+                else f"follows size ({info['search_ef_k100']} for k=100)"
+            ),
+        ),
         (
             "memory",
             f"{info['index_memory_bytes'] / 2**20:,.1f} MiB ({info['hardware_acceleration']})",

@@ -130,7 +130,7 @@ class Collection:
         shards: int = 1,
         connectivity: int = 16,
         ef_construction: int = 128,
-        ef_search: int = 128,
+        ef_search: int | None = None,
         embedding_dtype: EmbeddingDtype | None = None,
         threads: int | None = None,
         lexical: bool = True,
@@ -143,6 +143,10 @@ class Collection:
 
         ``lexical=False`` leaves out the BM25 index (``first_stage="bm25"`` and ``"hybrid"``
         then raise); it costs about as much disk as the text and ~10 ms per write batch.
+
+        ``ef_search=None`` (the default) lets searches follow the collection's size: the
+        index picks ``twostage._core.default_ef(documents, k)``, measured to keep recall@k at
+        0.95 or more (a fixed number is kept as given).
 
         ``dtype`` is the index's storage; the store keeps embeddings as ``embedding_dtype``
         (default: f32 for an f32 index, else f16, which is what an f16/i8 index holds anyway).
@@ -670,6 +674,8 @@ class Collection:
             lexical_indexed=None if self._lexical is None else len(self._lexical),
             index_memory_bytes=self._index.memory_usage,
             hardware_acceleration=self._index.hardware_acceleration,
+            # What a top-100 search runs with now (ef_search None: it follows the size).
+            search_ef_k100=self._index.search_ef(100),
         )
         return out
 
@@ -731,7 +737,8 @@ def _check_manifest_values(path: Path, m: dict[str, Any]) -> None:
     whole("dim", m["dim"], 1)
     whole("shards", m["shards"], 1)
     for key in ("seq", "documents", "connectivity", "ef_construction", "ef_search"):
-        if key in m:
+        # ef_search null: searches follow the index's size (Collection.create's default).
+        if key in m and not (key == "ef_search" and m[key] is None):
             whole(key, m[key])
     idx = m["index"]
     if not isinstance(idx, dict) or not isinstance(idx.get("file"), str) or "/" in idx["file"]:

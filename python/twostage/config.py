@@ -106,7 +106,8 @@ class EngineConfig:
     rerank_batch_size: int = field(
         default_factory=lambda: _env_int("TWOSTAGE_RERANK_BATCH_SIZE", 16)
     )
-    #: HNSW search width (None: the index's own ef_search).
+    #: HNSW search width (None: the index's own: its ef_search, or by default one that
+    #: follows its size, ``Index.search_ef``).
     ef_search: int | None = None
     #: The dense list by brute force over every stored vector instead of the HNSW walk:
     #: exact, the ground truth for tests and recall figures, O(documents) per search.

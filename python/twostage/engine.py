@@ -1123,7 +1123,7 @@ def dense_search(
         else:
             res = index.search(vec, k=k, ef=ef)
     elif all_keys is not None or exact_is_cheaper(
-        allowed.count, len(index), max(k, ef or index.ef_search)
+        allowed.count, len(index), max(k, ef or index.search_ef(k))
     ):
         res = index.search_exact(vec, allowed.keys, k=k)
     else:

@@ -5,6 +5,7 @@
 //! 0   magic "TWSTGIDX"        8   format version u32     12  header length u32 (128)
 //! 16  dim u32                 20  metric u8, dtype u8, rescore u8, oversample u8
 //! 24  shards u32              28  connectivity u32   32 ef_construction u32   36 ef_search u32
+//!                             (ef_search 0: none set, searches follow the index's size)
 //! 40  vector count u64        48  payload length u64 56  payload CRC-32 u32
 //! 60  header CRC-32 u32 (of bytes 0..60)              64..128 zero
 //! 128 shard table: per shard (hnsw offset, hnsw length, rescore offset, rescore length) u64
@@ -56,6 +57,10 @@ impl ShardSection {
     pub fn rescore<'a>(&self, file: &'a [u8]) -> &'a [u8] {
         &file[self.rescore.0..self.rescore.0 + self.rescore.1]
     }
+    /// Where the re-scoring section lies in the file: (offset, length).
+    pub fn rescore_range(&self) -> (usize, usize) {
+        self.rescore
+    }
 }
 
 fn align(x: usize) -> usize {
@@ -66,7 +71,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
@@ -107,7 +112,8 @@ pub fn encode(config: &Config, count: u64, blobs: &[(Vec<u8>, Vec<u8>)]) -> Vec<
     h[24..28].copy_from_slice(&(config.shards as u32).to_le_bytes());
     h[28..32].copy_from_slice(&(config.connectivity as u32).to_le_bytes());
     h[32..36].copy_from_slice(&(config.ef_construction as u32).to_le_bytes());
-    h[36..40].copy_from_slice(&(config.ef_search as u32).to_le_bytes());
+    // 0: no ef set, the index follows its size (`default_ef`).
+    h[36..40].copy_from_slice(&(config.ef_search.unwrap_or(0) as u32).to_le_bytes());
     h[40..48].copy_from_slice(&count.to_le_bytes());
     h[48..56].copy_from_slice(&payload_len.to_le_bytes());
     h[56..60].copy_from_slice(&payload_crc.to_le_bytes());
@@ -379,27 +385,26 @@ pub fn check_hnsw(blob: &[u8], config: &Config) -> std::result::Result<(), Strin
 }
 
 /// Rescore section: count u64, keys u64[count], then f16 rows (count * dim).
-pub fn encode_rescore(row_of: &HashMap<u64, usize>, data: &[f16], dim: usize) -> Vec<u8> {
-    let mut keys: Vec<(u64, usize)> = row_of.iter().map(|(&k, &r)| (k, r)).collect();
-    keys.sort_unstable();
-    let mut out = Vec::with_capacity(8 + keys.len() * (8 + dim * 2));
-    out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
-    for (k, _) in &keys {
+/// Serialises a shard's re-scoring copies: the count, the keys ascending, then each key's
+/// f16 row in the same order (so a reader finds a row by binary search, in place).
+pub fn encode_rescore(mut rows: Vec<(u64, &[f16])>, dim: usize) -> Vec<u8> {
+    rows.sort_unstable_by_key(|r| r.0);
+    let mut out = Vec::with_capacity(8 + rows.len() * (8 + dim * 2));
+    out.extend_from_slice(&(rows.len() as u64).to_le_bytes());
+    for (k, _) in &rows {
         out.extend_from_slice(&k.to_le_bytes());
     }
-    for (_, r) in &keys {
-        for x in &data[r * dim..(r + 1) * dim] {
+    for (_, row) in &rows {
+        for x in *row {
             out.extend_from_slice(&x.to_bits().to_le_bytes());
         }
     }
     out
 }
 
-pub fn decode_rescore(
-    bytes: &[u8],
-    dim: usize,
-    path: &Path,
-) -> Result<(HashMap<u64, usize>, Vec<f16>)> {
+/// Checks a re-scoring section's length against its count and returns `(count, offset of
+/// the first key, offset of the first row)`, offsets relative to the section.
+pub fn rescore_layout(bytes: &[u8], dim: usize, path: &Path) -> Result<(usize, usize, usize)> {
     let corrupt = || Error::corrupt(path, "re-scoring section has the wrong length");
     if bytes.len() < 8 {
         return Err(corrupt());
@@ -412,9 +417,18 @@ pub fn decode_rescore(
     if bytes.len() != need {
         return Err(corrupt());
     }
-    let row_of = (0..n).map(|i| (u64_at(bytes, 8 + i * 8), i)).collect();
-    let base = 8 + n * 8;
-    let data = bytes[base..]
+    Ok((n, 8, 8 + n * 8))
+}
+
+/// Reads a re-scoring section into memory: key to row index, and the rows.
+pub fn decode_rescore(
+    bytes: &[u8],
+    dim: usize,
+    path: &Path,
+) -> Result<(HashMap<u64, usize>, Vec<f16>)> {
+    let (n, keys, rows) = rescore_layout(bytes, dim, path)?;
+    let row_of = (0..n).map(|i| (u64_at(bytes, keys + i * 8), i)).collect();
+    let data = bytes[rows..]
         .chunks_exact(2)
         .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
         .collect();

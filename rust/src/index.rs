@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -35,6 +35,30 @@ pub const MISSING_KEY: u64 = u64::MAX;
 /// The largest candidate list (`ef`) an index accepts, as for `k`: usearch sizes its
 /// per-call buffers by it, and beyond this a search only fails to allocate.
 pub const MAX_EF: usize = 1 << 20;
+
+/// The search ef an index uses when neither the call nor its `ef_search` names one, for a
+/// graph of `n` vectors and `k` results: `k + 1.25 · X(n)`, rounded up to a multiple of 16,
+/// where `X(n) = max(28, 38 · (n / 100,000)^0.355)` is how far past `k` the candidate list
+/// had to reach for recall@k ≥ 0.95 (the 1.25 is the margin).
+///
+/// Measured (`benches/ef_rule.py`, BENCHMARKS.md §2) with a collection's settings (f16, cos,
+/// M 16, efConstruction 128) on two kinds of data at 10k, 100k and 1M vectors: the
+/// ANN benchmark's clustered vectors, and the e2e benchmark's tangent-space vectors around
+/// SciFact's MiniLM embeddings searched with SciFact's real queries (the harder: at 1M it
+/// needs ef 160 for k = 100, where a fixed 128 gave 0.937). The least ef past `k`, over both,
+/// was 28, 38 and 86 (k = 10 at 100k and 1M, k = 100 at 10k): the extra grows ~2.3× per
+/// decade of size, and is about the same for k = 10 and k = 100. So at 1M the rule picks
+/// 208 for k = 100 (recall ~0.962 on the tangent data) and 128 for k = 10 (0.965); at 100k,
+/// 160 and 64. Beyond 1M the power law is an extrapolation.
+pub fn default_ef(n: usize, k: usize) -> usize {
+    const EXTRA_FLOOR: f64 = 28.0;
+    const EXTRA_AT_100K: f64 = 38.0;
+    const EXTRA_GROWTH: f64 = 0.355;
+    const MARGIN: f64 = 1.25;
+    let extra = (EXTRA_AT_100K * (n as f64 / 1e5).powf(EXTRA_GROWTH)).max(EXTRA_FLOOR);
+    let ef = (k as f64 + MARGIN * extra).min(MAX_EF as f64) as usize;
+    ef.div_ceil(16).saturating_mul(16).clamp(k, MAX_EF)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Metric {
@@ -150,7 +174,9 @@ pub struct Config {
     pub dtype: Dtype,
     pub connectivity: usize,
     pub ef_construction: usize,
-    pub ef_search: usize,
+    /// The candidate list size a search uses when it names none. `None`: it follows the
+    /// index's size and `k` ([`default_ef`]), which is what an index gets unless set.
+    pub ef_search: Option<usize>,
     pub shards: usize,
     pub threads: usize,
     /// Keep f16 copies of the vectors and re-rank an oversampled candidate list exactly.
@@ -167,7 +193,7 @@ impl Config {
             dtype: Dtype::F32,
             connectivity: 16,
             ef_construction: 128,
-            ef_search: 64,
+            ef_search: None,
             shards: 1,
             threads: 0,
             rescore: false,
@@ -186,12 +212,14 @@ impl Config {
                 self.connectivity
             ));
         }
-        if !(1..=MAX_EF).contains(&self.ef_construction) || !(1..=MAX_EF).contains(&self.ef_search)
-        {
+        if !(1..=MAX_EF).contains(&self.ef_construction) {
             return bad(format!(
-                "ef_construction and ef_search must be in 1..={MAX_EF}, got {} and {}",
-                self.ef_construction, self.ef_search
+                "ef_construction must be in 1..={MAX_EF}, got {}",
+                self.ef_construction
             ));
+        }
+        if let Some(ef) = self.ef_search.filter(|ef| !(1..=MAX_EF).contains(ef)) {
+            return bad(format!("ef_search must be in 1..={MAX_EF}, got {ef}"));
         }
         if self.shards == 0 || self.shards > 1024 {
             return bad(format!("shards must be in 1..=1024, got {}", self.shards));
@@ -262,15 +290,84 @@ enum Scope<'a> {
     Exact(&'a [u64]),
 }
 
-/// f16 copies of the vectors, for exact re-scoring of an i8 index.
+/// f16 copies of the vectors, for exact re-scoring of an i8 index. Rows written in this
+/// process are held in memory; the rows of the file an index was opened from (`load` or
+/// `view`) are read where they lie, in the mapped file, and paged in by the searches that
+/// touch them, so an opened index keeps only its i8 graph in its own memory.
 #[derive(Default)]
 struct RescoreStore {
+    /// Rows written since the index was created or opened: key to row in `data`.
     row_of: HashMap<u64, usize>,
     data: Vec<f16>,
     free: Vec<usize>,
+    /// The rows of the file the index was opened from.
+    file: Option<FileRows>,
+    /// Keys whose row in `file` was removed or rewritten since it was opened.
+    stale: HashSet<u64>,
+}
+
+/// A saved re-scoring section read in place: `n` keys ascending, then their rows in order.
+struct FileRows {
+    map: Arc<memmap2::Mmap>,
+    keys: usize,
+    rows: usize,
+    n: usize,
+}
+
+impl FileRows {
+    /// The section at `at..at + len` of `map`, if its rows can be read in place as f16
+    /// (2-byte aligned, and a little-endian machine, as the file is); else `None`.
+    fn new(
+        map: &Arc<memmap2::Mmap>,
+        at: usize,
+        len: usize,
+        dim: usize,
+        path: &Path,
+    ) -> Result<Option<Self>> {
+        let (n, keys, rows) = format::rescore_layout(&map[at..at + len], dim, path)?;
+        let aligned =
+            (map.as_ptr() as usize + at + rows).is_multiple_of(std::mem::align_of::<f16>());
+        Ok(
+            (aligned && cfg!(target_endian = "little")).then(|| FileRows {
+                map: Arc::clone(map),
+                keys: at + keys,
+                rows: at + rows,
+                n,
+            }),
+        )
+    }
+
+    fn find(&self, key: u64) -> Option<usize> {
+        let key_at = |i: usize| format::u64_at(&self.map, self.keys + i * 8);
+        let (mut lo, mut hi) = (0, self.n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match key_at(mid).cmp(&key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
+    }
+
+    fn row(&self, i: usize, dim: usize) -> &[f16] {
+        let at = self.rows + i * dim * 2;
+        let bytes = &self.map[at..at + dim * 2];
+        // SAFETY: `new` checked that rows start 2-byte aligned and that this machine is
+        // little-endian like the file; f16 is a plain 2-byte value, so any bits are valid.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f16, dim) }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        (0..self.n).map(|i| (i, format::u64_at(&self.map, self.keys + i * 8)))
+    }
 }
 
 impl RescoreStore {
+    fn in_file(&self, key: u64) -> bool {
+        self.file.as_ref().is_some_and(|f| f.find(key).is_some())
+    }
     fn put(&mut self, key: u64, v: &[f32]) {
         let dim = v.len();
         let row = match self.row_of.get(&key) {
@@ -281,6 +378,9 @@ impl RescoreStore {
                     self.data.len() / dim - 1
                 });
                 self.row_of.insert(key, r);
+                if self.in_file(key) {
+                    self.stale.insert(key);
+                }
                 r
             }
         };
@@ -290,12 +390,39 @@ impl RescoreStore {
     fn remove(&mut self, key: u64) {
         if let Some(r) = self.row_of.remove(&key) {
             self.free.push(r);
+        } else if self.in_file(key) {
+            self.stale.insert(key);
         }
     }
     fn row(&self, key: u64, dim: usize) -> Option<&[f16]> {
-        self.row_of
-            .get(&key)
-            .map(|&r| &self.data[r * dim..(r + 1) * dim])
+        if let Some(&r) = self.row_of.get(&key) {
+            return Some(&self.data[r * dim..(r + 1) * dim]);
+        }
+        let file = self.file.as_ref()?;
+        if self.stale.contains(&key) {
+            return None;
+        }
+        file.find(key).map(|i| file.row(i, dim))
+    }
+    /// Every live row, for `save`.
+    fn rows(&self, dim: usize) -> Vec<(u64, &[f16])> {
+        let mut out: Vec<(u64, &[f16])> = self
+            .row_of
+            .iter()
+            .map(|(&k, &r)| (k, &self.data[r * dim..(r + 1) * dim]))
+            .collect();
+        if let Some(file) = &self.file {
+            out.extend(
+                file.keys()
+                    .filter(|(_, k)| !self.stale.contains(k))
+                    .map(|(i, k)| (k, file.row(i, dim))),
+            );
+        }
+        out
+    }
+    /// Bytes of this process's memory it holds (mapped file rows are the page cache's).
+    fn memory_usage(&self) -> usize {
+        self.data.len() * 2 + self.row_of.len() * 24 + self.stale.len() * 16
     }
 }
 
@@ -307,7 +434,7 @@ struct Shard {
 /// Keeps a memory-mapped file alive for as long as a viewed index points into it.
 struct Mapped {
     path: PathBuf,
-    _map: memmap2::Mmap,
+    _map: Arc<memmap2::Mmap>,
 }
 
 pub struct Index {
@@ -367,6 +494,12 @@ fn install_kernel(hnsw: &mut usearch::Index, config: &Config) {
     }
 }
 
+/// What usearch's own (index-wide) expansion is set to before the first search: every graph
+/// search passes its ef through `Index::admit`, which changes it when it differs.
+fn initial_ef(config: &Config) -> usize {
+    config.ef_search.unwrap_or_else(|| default_ef(0, 1))
+}
+
 fn new_hnsw(config: &Config) -> Result<usearch::Index> {
     let options = usearch::IndexOptions {
         dimensions: config.dim,
@@ -374,7 +507,7 @@ fn new_hnsw(config: &Config) -> Result<usearch::Index> {
         quantization: config.dtype.kind(),
         connectivity: config.connectivity,
         expansion_add: config.ef_construction,
-        expansion_search: config.ef_search,
+        expansion_search: initial_ef(config),
         multi: false,
     };
     Ok(usearch::Index::new(&options)?)
@@ -400,7 +533,7 @@ impl Index {
     }
 
     fn assemble(config: Config, shards: Vec<Shard>, mapped: Option<Mapped>) -> Self {
-        let ef = config.ef_search;
+        let ef = initial_ef(&config);
         Index {
             config,
             shards,
@@ -443,11 +576,21 @@ impl Index {
             .map(|s| {
                 s.hnsw.memory_usage()
                     + s.rescore.as_ref().map_or(0, |r| {
-                        let r = r.read().unwrap_or_else(|p| p.into_inner());
-                        r.data.len() * 2 + r.row_of.len() * 24
+                        r.read().unwrap_or_else(|p| p.into_inner()).memory_usage()
                     })
             })
             .sum()
+    }
+
+    /// The ef a search for `k` results runs with when it names none: the index's
+    /// `ef_search` if one was set, else [`default_ef`] for the size of its largest shard.
+    pub fn search_ef(&self, k: usize) -> usize {
+        if let Some(ef) = self.config.ef_search {
+            return ef;
+        }
+        let _g = self.read_gate();
+        let n = self.shards.iter().map(|s| s.hnsw.size()).max().unwrap_or(0);
+        default_ef(n, k)
     }
 
     /// A short description of the SIMD kernels usearch picked on this CPU.
@@ -795,7 +938,7 @@ impl Index {
         }
         // An exact scan reads no graph: it leaves the index's `ef` as it is.
         let ef = match scope {
-            Scope::Graph(_) => Some(ef.unwrap_or(self.config.ef_search)),
+            Scope::Graph(_) => Some(ef.unwrap_or_else(|| self.search_ef(k))),
             Scope::Exact(_) => None,
         };
         let dim = self.config.dim;
@@ -1027,7 +1170,7 @@ impl Index {
             s.hnsw.save_to_buffer(&mut buf)?;
             let rescore = s.rescore.as_ref().map(|r| {
                 let r = r.read().unwrap_or_else(|p| p.into_inner());
-                format::encode_rescore(&r.row_of, &r.data, self.config.dim)
+                format::encode_rescore(r.rows(self.config.dim), self.config.dim)
             });
             blobs.push((buf, rescore.unwrap_or_default()));
         }
@@ -1047,19 +1190,20 @@ impl Index {
     }
 
     /// Loads an index saved by [`Index::save`] into memory. `threads` overrides the saved
-    /// thread count (it describes the machine, not the data).
+    /// thread count (it describes the machine, not the data). The f16 re-scoring copies (if
+    /// any) stay in the file, mapped, and are paged in as searches read them.
     pub fn load(path: &Path, threads: Option<usize>) -> Result<Self> {
         Self::open(path, threads, false)
     }
 
     /// Opens a saved index as a read-only memory-mapped view: pages load on demand, and any
-    /// write raises. The f16 re-scoring copies (if any) are read into memory.
+    /// write raises. The f16 re-scoring copies (if any) are read in place too.
     pub fn view(path: &Path, threads: Option<usize>) -> Result<Self> {
         Self::open(path, threads, true)
     }
 
     fn open(path: &Path, threads: Option<usize>, as_view: bool) -> Result<Self> {
-        let map = map_file(path)?;
+        let map = Arc::new(map_file(path)?);
         let (header, sections) = format::decode(&map, path)?;
         let config = header_config(&header, threads);
         // The checksums catch damage, not a file written wrong: settings no index could be
@@ -1093,7 +1237,8 @@ impl Index {
                 hnsw,
             });
         }
-        // A loaded index copied what it needs; only a view keeps the mapping alive.
+        // A loaded index copied its graphs; a view keeps the mapping for them, and either
+        // keeps it for the re-scoring copies (`load_rescore`).
         let mapped = as_view.then(|| Mapped {
             path: path.to_path_buf(),
             _map: map,
@@ -1121,7 +1266,7 @@ impl Index {
                     "a shard's dimension differs from the header",
                 ));
             }
-            s.hnsw.change_expansion_search(self.config.ef_search);
+            s.hnsw.change_expansion_search(initial_ef(&self.config));
         }
         self.reserve_threads(self.config.thread_count() + 4)
     }
@@ -1134,7 +1279,8 @@ fn header_config(h: &Header, threads: Option<usize>) -> Config {
         dtype: h.dtype,
         connectivity: h.connectivity as usize,
         ef_construction: h.ef_construction as usize,
-        ef_search: h.ef_search as usize,
+        // 0: the index follows its size (`Config::ef_search` None).
+        ef_search: (h.ef_search != 0).then_some(h.ef_search as usize),
         shards: h.shards as usize,
         threads: threads.unwrap_or(0),
         rescore: h.rescore,
@@ -1142,21 +1288,33 @@ fn header_config(h: &Header, threads: Option<usize>) -> Config {
     }
 }
 
+/// A shard's re-scoring copies as opened: read in place from the mapped file, or (where
+/// they cannot be, see [`FileRows::new`]) copied into memory.
 fn load_rescore(
     config: &Config,
     sec: &ShardSection,
-    map: &[u8],
+    map: &Arc<memmap2::Mmap>,
     path: &Path,
 ) -> Result<Option<RwLock<RescoreStore>>> {
     if !config.rescore {
         return Ok(None);
     }
-    let (row_of, data) = format::decode_rescore(sec.rescore(map), config.dim, path)?;
-    Ok(Some(RwLock::new(RescoreStore {
-        row_of,
-        data,
-        free: vec![],
-    })))
+    let (at, len) = sec.rescore_range();
+    let store = match FileRows::new(map, at, len, config.dim, path)? {
+        Some(file) => RescoreStore {
+            file: Some(file),
+            ..Default::default()
+        },
+        None => {
+            let (row_of, data) = format::decode_rescore(sec.rescore(map), config.dim, path)?;
+            RescoreStore {
+                row_of,
+                data,
+                ..Default::default()
+            }
+        }
+    };
+    Ok(Some(RwLock::new(store)))
 }
 
 fn map_file(path: &Path) -> Result<memmap2::Mmap> {
@@ -1274,6 +1432,114 @@ mod tests {
     }
 
     #[test]
+    fn default_ef_grows_with_size_and_k_and_never_undercuts_k() {
+        let sizes = [0, 1, 100, 10_000, 100_000, 1_000_000, 10_000_000, 1 << 40];
+        for k in [1, 10, 50, 100, 1000, MAX_EF] {
+            let efs: Vec<usize> = sizes.iter().map(|&n| default_ef(n, k)).collect();
+            assert!(efs.windows(2).all(|w| w[0] <= w[1]), "k={k}: {efs:?}");
+            assert!(
+                efs.iter().all(|&ef| ef >= k && ef <= MAX_EF),
+                "k={k}: {efs:?}"
+            );
+        }
+        for n in sizes {
+            let efs: Vec<usize> = [1, 10, 100, 1000].map(|k| default_ef(n, k)).to_vec();
+            assert!(efs.windows(2).all(|w| w[0] <= w[1]), "n={n}: {efs:?}");
+        }
+    }
+
+    #[test]
+    fn searches_without_ef_follow_the_size_unless_one_was_set() {
+        let dim = 8;
+        let data = rng_vectors(3000, dim, 4);
+        let dir = tempfile::tempdir().unwrap();
+        for set in [None, Some(40)] {
+            let mut c = Config::new(dim);
+            c.ef_search = set;
+            let idx = Index::new(c).unwrap();
+            let mut seen = vec![];
+            for n in [10usize, 3000] {
+                idx.add(&(0..n as u64).collect::<Vec<_>>(), &data[..n * dim])
+                    .unwrap();
+                for k in [1, 10, 100] {
+                    let want = set.unwrap_or(default_ef(n, k));
+                    assert_eq!(idx.search_ef(k), want);
+                    // A search that names no ef runs with it (usearch's expansion is set).
+                    idx.search(&data[..dim], k, None).unwrap();
+                    assert_eq!(idx.ef_current.load(Ordering::Acquire), want);
+                    // A named ef wins.
+                    idx.search(&data[..dim], k, Some(7)).unwrap();
+                    assert_eq!(idx.ef_current.load(Ordering::Acquire), 7);
+                    seen.push(want);
+                }
+            }
+            // The setting survives a save, whether a number or none (0 in the header).
+            let path = dir.path().join("ef.tsidx");
+            idx.save(&path).unwrap();
+            for opened in [Index::load(&path, None), Index::view(&path, None)] {
+                let opened = opened.unwrap();
+                assert_eq!(opened.config().ef_search, set);
+                assert_eq!(opened.search_ef(100), set.unwrap_or(default_ef(3000, 100)));
+            }
+            if set.is_none() {
+                assert!(seen.windows(2).any(|w| w[0] != w[1]), "{seen:?}");
+            }
+        }
+        let mut c = Config::new(dim);
+        c.ef_search = Some(0);
+        assert!(matches!(Index::new(c), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn rescore_rows_are_read_from_the_file_and_overridden_by_later_writes() {
+        let dim = 16;
+        let mut c = Config::new(dim);
+        c.dtype = Dtype::I8;
+        c.rescore = true;
+        let idx = Index::new(c).unwrap();
+        let data = rng_vectors(200, dim, 8);
+        idx.add(&(0..200).collect::<Vec<_>>(), &data).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.tsidx");
+        idx.save(&path).unwrap();
+        let in_memory = idx.memory_usage();
+        let f16_of =
+            |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| f16::from_f32(x).to_f32()).collect() };
+        for opened in [
+            Index::load(&path, None).unwrap(),
+            Index::view(&path, None).unwrap(),
+        ] {
+            // The copies stay in the mapped file: only the graph is the index's memory.
+            assert!(opened.memory_usage() + 200 * dim * 2 <= in_memory);
+            assert_eq!(opened.get(&[5]).unwrap(), f16_of(&data[5 * dim..6 * dim]));
+        }
+        let opened = Index::load(&path, None).unwrap();
+        // Rewrite key 5 with key 6's vector, remove key 7, add key 500: the file's rows for
+        // 5 and 7 are stale from then on.
+        opened.add(&[5, 500], &data[6 * dim..8 * dim]).unwrap();
+        opened.remove(&[7], false).unwrap();
+        assert_eq!(opened.get(&[5]).unwrap(), f16_of(&data[6 * dim..7 * dim]));
+        assert_eq!(opened.get(&[500]).unwrap(), f16_of(&data[7 * dim..8 * dim]));
+        assert!(matches!(opened.get(&[7]), Err(Error::KeyNotFound(_))));
+        let hits = opened.search(&data[6 * dim..7 * dim], 2, None).unwrap();
+        let mut top: Vec<u64> = hits.keys.clone();
+        top.sort_unstable();
+        assert_eq!(top, vec![5, 6]);
+        assert!(hits.distances.iter().all(|d| d.abs() < 1e-3), "{hits:?}");
+        // Saved again: the file's live rows and the new ones, nothing stale.
+        let again = dir.path().join("r2.tsidx");
+        opened.save(&again).unwrap();
+        let reopened = Index::load(&again, None).unwrap();
+        assert_eq!(reopened.len(), 200);
+        assert_eq!(reopened.get(&[5]).unwrap(), f16_of(&data[6 * dim..7 * dim]));
+        assert_eq!(
+            reopened.get(&[9]).unwrap(),
+            f16_of(&data[9 * dim..10 * dim])
+        );
+        assert!(matches!(reopened.get(&[7]), Err(Error::KeyNotFound(_))));
+    }
+
+    #[test]
     fn fewer_than_k_pads_with_missing() {
         let idx = Index::new(Config::new(4)).unwrap();
         idx.add(&[7, 8], &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0])
@@ -1292,7 +1558,7 @@ mod tests {
             c.shards = shards;
             c.dtype = dtype;
             c.rescore = rescore;
-            c.ef_search = 128;
+            c.ef_search = Some(128);
             let idx = Index::new(c).unwrap();
             let data = rng_vectors(2000, dim, 7);
             idx.add(&(0..2000).collect::<Vec<_>>(), &data).unwrap();
@@ -1326,7 +1592,7 @@ mod tests {
             c.dtype = dtype;
             c.metric = metric;
             c.shards = shards;
-            c.ef_search = 256;
+            c.ef_search = Some(256);
             let idx = Index::new(c).unwrap();
             idx.add(&(0..n).collect::<Vec<_>>(), &data).unwrap();
             // The scan reports, bit for bit, the distance the walk reports for a key.
@@ -1465,7 +1731,7 @@ mod tests {
                 c.shards = shards;
                 c.connectivity = m;
                 c.ef_construction = 64;
-                c.ef_search = 256; // beyond any set here: the walk reaches every node
+                c.ef_search = Some(256); // beyond any set here: the walk reaches every node
                 c.threads = 2;
                 (Just(c), prop::collection::vec(op(dim), 1..24))
             })

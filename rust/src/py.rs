@@ -166,7 +166,9 @@ impl PySearchResult {
 ///     dtype: Storage: ``"f32"``, ``"f16"`` or ``"i8"``.
 ///     connectivity: HNSW M, edges per node.
 ///     ef_construction: Candidate list size while inserting.
-///     ef_search: Default candidate list size while searching (recall vs speed).
+///     ef_search: Candidate list size of a search that names none (recall vs speed).
+///         ``None`` (the default): it follows the index's size and ``k``
+///         (``search_ef``), measured to keep recall@k at 0.95 or more.
 ///     shards: Independent graphs; keys are routed by hash and results merged.
 ///     threads: Size of this index's thread pool (default: all cores).
 ///     rescore: With ``dtype="i8"``, keep f16 copies and re-rank ``k * oversample``
@@ -189,7 +191,7 @@ pub struct PyIndex {
 impl PyIndex {
     #[new]
     #[pyo3(signature = (dim, metric = "cos", dtype = "f32", connectivity = 16, ef_construction = 128,
-                        ef_search = 64, shards = 1, threads = None, rescore = false, oversample = 3))]
+                        ef_search = None, shards = 1, threads = None, rescore = false, oversample = 3))]
     #[allow(clippy::too_many_arguments)] // mirrors the Python signature, keyword arguments
     fn new(
         dim: usize,
@@ -197,7 +199,7 @@ impl PyIndex {
         dtype: &str,
         connectivity: usize,
         ef_construction: usize,
-        ef_search: usize,
+        ef_search: Option<i64>,
         shards: usize,
         threads: Option<usize>,
         rescore: bool,
@@ -208,6 +210,7 @@ impl PyIndex {
                 "threads must be >= 1 (or None for all cores)",
             ));
         }
+        let ef_search = ef_search.map(|e| positive(e, "ef_search")).transpose()?;
         let config = Config {
             dim,
             metric: Metric::parse(metric)?,
@@ -311,8 +314,9 @@ impl PyIndex {
     /// Args:
     ///     queries: float32 (C-contiguous arrays are read in place, others converted once).
     ///     k: Hits per query.
-    ///     ef: Candidate list size for this call (default: the index's ``ef_search``).
-    ///         Calls with different ``ef`` values serialise against each other.
+    ///     ef: Candidate list size for this call (default: ``search_ef(k)``, the index's
+    ///         ``ef_search`` or, without one, the size-following default). Calls with
+    ///         different ``ef`` values serialise against each other.
     ///     allowed: Only these keys may be returned, checked inside the graph walk: a bool
     ///         (or uint8) array indexed by key (``allowed[key]`` true; keys past its end are
     ///         not allowed), or the keys themselves (uint64, sorted ascending; others are
@@ -440,7 +444,8 @@ impl PyIndex {
         d.set_item("shards", h.shards)?;
         d.set_item("connectivity", h.connectivity)?;
         d.set_item("ef_construction", h.ef_construction)?;
-        d.set_item("ef_search", h.ef_search)?;
+        // 0 in the file: none set, the index follows its size.
+        d.set_item("ef_search", (h.ef_search != 0).then_some(h.ef_search))?;
         d.set_item("rescore", h.rescore)?;
         d.set_item("checksum", h.payload_crc)?;
         d.set_item(
@@ -478,9 +483,20 @@ impl PyIndex {
     fn ef_construction(&self) -> usize {
         self.inner.config().ef_construction
     }
+    /// The ``ef_search`` the index was created with; ``None``: it follows its size.
     #[getter]
-    fn ef_search(&self) -> usize {
+    fn ef_search(&self) -> Option<usize> {
         self.inner.config().ef_search
+    }
+    /// The ef a search for ``k`` results runs with when it names none: ``ef_search`` if
+    /// set, else ``default_ef(len of the largest shard, k)``.
+    ///
+    /// Example:
+    ///     >>> Index(dim=3).search_ef(100) >= 100
+    ///     True
+    #[pyo3(signature = (k = 10))]
+    fn search_ef(&self, k: i64) -> PyResult<usize> {
+        Ok(self.inner.search_ef(positive(k, "k")?))
     }
     #[getter]
     fn shards(&self) -> usize {
@@ -775,6 +791,19 @@ fn rerank_order<'py>(
     ))
 }
 
+/// The search ef an index without ``ef_search`` uses for a graph of ``n`` vectors and ``k``
+/// results: the smallest that kept recall@k at 0.95 or more where it was measured, plus a
+/// margin (the rule and its measurements: ``twostage.Index.search_ef``, BENCHMARKS.md §2).
+///
+/// Example:
+///     >>> default_ef(1_000_000, 100) >= default_ef(10_000, 100) >= 100
+///     True
+#[pyfunction]
+#[pyo3(signature = (n, k = 10))]
+fn default_ef(n: usize, k: i64) -> PyResult<usize> {
+    Ok(index::default_ef(n, positive(k, "k")?))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyIndex>()?;
@@ -783,6 +812,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merge_topk, m)?)?;
     m.add_function(wrap_pyfunction!(rrf, m)?)?;
     m.add_function(wrap_pyfunction!(rerank_order, m)?)?;
+    m.add_function(wrap_pyfunction!(default_ef, m)?)?;
     m.add("MISSING_KEY", index::MISSING_KEY)?;
     m.add("usearch_version", usearch::version())?;
     Ok(())
