@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e import exact_topk, machine, perturbed, real_corpus
 from twostage.collection import Collection
+from twostage.config import EngineConfig
 from twostage.document import Document
 from twostage.encoder import Encoder
 from twostage.engine import Engine
@@ -110,6 +111,7 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=25_000)
+    ap.add_argument("--ef", type=int, default=None, help="search ef (default: the collection's)")
     ap.add_argument("--out", type=Path, default=None, help="JSON results")
     args = ap.parse_args()
 
@@ -164,7 +166,7 @@ def main() -> None:
     queries = real_queries(args.queries, args.seed)
     with Collection.open(folder, encoder, read_only=True) as col:
         info = col.info()
-        engine = Engine(col, reranker=None)
+        engine = Engine(col, reranker=None, config=EngineConfig(ef_search=args.ef))
         for q in queries[:20]:  # warm: sessions, caches of the OS
             engine.search(q, k=100, rerank=False, first_stage="dense")
         row = {d: i for i, d in enumerate(ids)}
@@ -174,7 +176,9 @@ def main() -> None:
             totals.append(resp.timings.total)
             anns.append(resp.timings.ann)
             found.append({row[h.id] if h.id in row else n_real + int(h.id[4:]) for h in resp.hits})
-        qv = encoder.encode(queries, kind="query")
+        # Each query alone, as the engine encodes it: the int8 encoder's activation scale is
+        # per batch, so a batched query vector differs (cosine ~0.99) and so would its truth.
+        qv = np.vstack([encoder.encode([q], kind="query") for q in queries])
     truth = exact_topk(np.asarray(vectors), qv, 100)
     recall = float(
         np.mean([len(f & set(t.tolist())) / 100 for f, t in zip(found, truth, strict=True)])
@@ -187,7 +191,7 @@ def main() -> None:
         "documents": args.n_docs,
         "real": n_real,
         "queries": len(queries),
-        "ef_search_k100": info.get("search_ef_k100"),
+        "ef_search_k100": args.ef or info.get("search_ef_k100"),
         "index": {
             k: info.get(k)
             for k in ("dtype", "connectivity", "ef_construction", "index_memory_bytes")
