@@ -42,14 +42,15 @@ pub const MAX_EF: usize = 1 << 20;
 /// had to reach for recall@k ≥ 0.95 (the 1.25 is the margin).
 ///
 /// Measured (`benches/ef_rule.py`, BENCHMARKS.md §2) with a collection's settings (f16, cos,
-/// M 16, efConstruction 128) on two kinds of data at 10k, 100k and 1M vectors: the
-/// ANN benchmark's clustered vectors, and the e2e benchmark's tangent-space vectors around
-/// SciFact's MiniLM embeddings searched with SciFact's real queries (the harder: at 1M it
-/// needs ef 160 for k = 100, where a fixed 128 gave 0.937). The least ef past `k`, over both,
-/// was 28, 38 and 86 (k = 10 at 100k and 1M, k = 100 at 10k): the extra grows ~2.3× per
-/// decade of size, and is about the same for k = 10 and k = 100. So at 1M the rule picks
-/// 208 for k = 100 (recall ~0.962 on the tangent data) and 128 for k = 10 (0.965); at 100k,
-/// 160 and 64. Beyond 1M the power law is an extrapolation.
+/// M 16, efConstruction 128) on two kinds of data at 10k, 100k and 1M vectors: the ANN
+/// benchmark's clustered vectors, and the e2e benchmark's tangent-space vectors around
+/// SciFact's MiniLM embeddings searched with SciFact's 1,109 real queries (the harder: at 1M
+/// it needs ef 160–176 for k = 100, where a fixed 128 gave 0.937). The least ef past `k`,
+/// the larger of the two, was 28 at 10k (k = 100), 38 at 100k (k = 10) and 86–102 at 1M
+/// (k = 10; two builds, which differ: construction is multi-threaded): about the same for
+/// k = 10 and k = 100, growing ~2.3× per decade of size. The rule's picks then reached
+/// recall@k 0.959–0.987 on both (at 1M: 208 for k = 100, 128 for k = 10; at 100k: 160 and
+/// 64; at 10k: 144 and 48). Beyond 1M the power law is an extrapolation.
 pub fn default_ef(n: usize, k: usize) -> usize {
     const EXTRA_FLOOR: f64 = 28.0;
     const EXTRA_AT_100K: f64 = 38.0;
@@ -122,6 +123,54 @@ impl Metric {
             }
             Metric::Ip => 1.0 - q.iter().zip(v).map(|(a, b)| a * b).sum::<f32>(),
             Metric::L2 => q.iter().zip(v).map(|(a, b)| (a - b) * (a - b)).sum(),
+        }
+    }
+}
+
+/// Exact f32 distances from one query to vectors that the graph holds quantised (i8): the
+/// re-scoring of `rescore` and the exact scan of an i8 index. The metric's definition, with
+/// the SIMD kernels of `kernels` (a scalar three-sum loop cost ~1 µs a row, the bulk of a
+/// re-scored search's 300 rows).
+struct Exact<'q> {
+    metric: Metric,
+    q: &'q [f32],
+    /// |q|, for cos.
+    q_norm: f32,
+    dot: kernels::F32Fn,
+    l2: kernels::F32Fn,
+}
+
+impl<'q> Exact<'q> {
+    fn new(metric: Metric, q: &'q [f32]) -> Self {
+        let isa = Isa::detect();
+        let dot = kernels::f32_kernel(Kind::OneMinusDot, isa);
+        let q_norm = (1.0 - dot(q.as_ptr(), q.as_ptr(), q.len())).max(0.0).sqrt();
+        Exact {
+            metric,
+            q,
+            q_norm,
+            dot,
+            l2: kernels::f32_kernel(Kind::L2sq, isa),
+        }
+    }
+
+    fn distance(&self, v: &[f32]) -> f32 {
+        let (q, n) = (self.q.as_ptr(), self.q.len());
+        match self.metric {
+            Metric::Cos => {
+                // The kernel returns 1 - a·b: a·b comes back to within ~6e-8, which is small
+                // against |q||v| unless a vector is nearly zero; those take the scalar way.
+                let v_norm = (1.0 - (self.dot)(v.as_ptr(), v.as_ptr(), n))
+                    .max(0.0)
+                    .sqrt();
+                let norms = self.q_norm * v_norm;
+                if norms < 1e-3 {
+                    return self.metric.distance(self.q, v);
+                }
+                1.0 - (1.0 - (self.dot)(q, v.as_ptr(), n)) / norms
+            }
+            Metric::Ip => (self.dot)(q, v.as_ptr(), n),
+            Metric::L2 => (self.l2)(q, v.as_ptr(), n),
         }
     }
 }
@@ -337,15 +386,37 @@ impl FileRows {
         )
     }
 
+    /// The row of `key`. Keys are mostly dense (a collection numbers its documents), so a
+    /// few interpolation probes land on them in one or two reads; bisection bounds the rest.
     fn find(&self, key: u64) -> Option<usize> {
+        use std::cmp::Ordering::{Equal, Greater, Less};
         let key_at = |i: usize| format::u64_at(&self.map, self.keys + i * 8);
         let (mut lo, mut hi) = (0, self.n);
+        for _ in 0..4 {
+            if lo >= hi {
+                return None;
+            }
+            let (a, b) = (key_at(lo), key_at(hi - 1));
+            if key < a || key > b {
+                return None;
+            }
+            if a == b {
+                return Some(lo);
+            }
+            let span = (key - a) as u128 * (hi - 1 - lo) as u128 / (b - a) as u128;
+            let at = lo + span as usize;
+            match key_at(at).cmp(&key) {
+                Less => lo = at + 1,
+                Greater => hi = at,
+                Equal => return Some(at),
+            }
+        }
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             match key_at(mid).cmp(&key) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(mid),
+                Less => lo = mid + 1,
+                Greater => hi = mid,
+                Equal => return Some(mid),
             }
         }
         None
@@ -1085,13 +1156,14 @@ impl Index {
         let m = self.hnsw_search(shard, q, k * self.config.oversample, filter)?;
         let dim = self.config.dim;
         let store = store.read().unwrap_or_else(|p| p.into_inner());
+        let exact = Exact::new(self.config.metric, q);
         let mut buf = vec![0f32; dim];
         let mut out: Vec<(u64, f32)> = m
             .into_iter()
             .map(|(key, d)| match store.row(key, dim) {
                 Some(row) => {
                     row.convert_to_f32_slice(&mut buf);
-                    (key, self.config.metric.distance(q, &buf))
+                    (key, exact.distance(&buf))
                 }
                 // Added to the graph but not yet to the store (an upsert in flight).
                 None => (key, d),
@@ -1140,6 +1212,7 @@ impl Index {
                 }
             }
             Dtype::I8 => {
+                let exact = Exact::new(self.config.metric, q);
                 let mut row = vec![0f32; dim];
                 for &key in keys {
                     let shard = &self.shards[self.shard_of(key)];
@@ -1147,10 +1220,10 @@ impl Index {
                         let store = store.read().unwrap_or_else(|p| p.into_inner());
                         if let Some(src) = store.row(key, dim) {
                             src.convert_to_f32_slice(&mut row);
-                            out.push((key, self.config.metric.distance(q, &row)));
+                            out.push((key, exact.distance(&row)));
                         }
                     } else if shard.hnsw.get(key, &mut row)? > 0 {
-                        out.push((key, self.config.metric.distance(q, &row)));
+                        out.push((key, exact.distance(&row)));
                     }
                 }
             }
@@ -1537,6 +1610,52 @@ mod tests {
             f16_of(&data[9 * dim..10 * dim])
         );
         assert!(matches!(reopened.get(&[7]), Err(Error::KeyNotFound(_))));
+    }
+
+    #[test]
+    fn mapped_rescore_rows_are_found_by_key_dense_or_sparse() {
+        let dim = 2;
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = 7u64;
+        let mut sparse: Vec<u64> = (0..500)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng >> (rng % 60)
+            })
+            .collect();
+        sparse.extend([0, 1, u64::MAX - 1]);
+        sparse.sort_unstable();
+        sparse.dedup();
+        for keys in [(10..300u64).collect::<Vec<_>>(), sparse, vec![42]] {
+            let rows: Vec<Vec<f16>> = keys
+                .iter()
+                .map(|&k| vec![f16::from_f32((k % 1000) as f32), f16::ONE])
+                .collect();
+            let bytes = format::encode_rescore(
+                keys.iter()
+                    .zip(&rows)
+                    .map(|(&k, r)| (k, r.as_slice()))
+                    .collect(),
+                dim,
+            );
+            let path = dir.path().join("rows");
+            std::fs::write(&path, &bytes).unwrap();
+            let map = Arc::new(map_file(&path).unwrap());
+            let file = FileRows::new(&map, 0, bytes.len(), dim, &path)
+                .unwrap()
+                .unwrap();
+            for (i, &k) in keys.iter().enumerate() {
+                assert_eq!(file.find(k), Some(i), "key {k}");
+                assert_eq!(file.row(i, dim), rows[i].as_slice());
+                for probe in [k.wrapping_add(1), k.wrapping_sub(1)] {
+                    if keys.binary_search(&probe).is_err() {
+                        assert_eq!(file.find(probe), None, "absent {probe}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
