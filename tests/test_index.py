@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import twostage
-from twostage import Index, errors
+from twostage import Index, default_ef, errors
 from twostage.synthetic import clustered_vectors, queries
 
 MISSING = 2**64 - 1
@@ -336,8 +336,6 @@ def test_default_ef_follows_the_size_and_a_set_ef_wins(tmp_path: Path) -> None:
     """The rule's mechanics (its recall is BENCHMARKS.md §2's business): without ef_search
     an index searches with default_ef(its size, k), which grows with both; a set ef_search,
     or an ef passed to the call, wins; both settings survive save/load/view."""
-    from twostage._core import default_ef
-
     sizes = [0, 10_000, 100_000, 1_000_000, 10_000_000]
     for k in (1, 10, 100):
         efs = [default_ef(n, k) for n in sizes]

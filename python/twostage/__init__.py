@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twostage import errors
-from twostage._core import Index, SearchResult, Slot, merge_topk, rerank_order, rrf
+from twostage._core import Index, SearchResult, Slot, default_ef, merge_topk, rerank_order, rrf
 from twostage.document import Document
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ __all__ = [
     "SearchResult",
     "Slot",
     "__version__",
+    "default_ef",
     "errors",
     "merge_topk",
     "rerank_order",

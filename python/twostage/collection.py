@@ -145,7 +145,7 @@ class Collection:
         then raise); it costs about as much disk as the text and ~10 ms per write batch.
 
         ``ef_search=None`` (the default) lets searches follow the collection's size: the
-        index picks ``twostage._core.default_ef(documents, k)``, measured to keep recall@k at
+        index picks ``twostage.default_ef(documents, k)``, measured to keep recall@k at
         0.95 or more (a fixed number is kept as given).
 
         ``dtype`` is the index's storage; the store keeps embeddings as ``embedding_dtype``
