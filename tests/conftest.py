@@ -11,38 +11,6 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
-# Under pytest-xdist (`--dist loadgroup`, what CI runs) a test module runs on one worker, so
-# its module fixtures are built once; the modules that use an expensive session fixture run on
-# one worker together, so it is built once too (SciFact's collection takes ~90 s, a Ray cluster
-# seconds and a good share of memory). Modules using several of them join their groups.
-_SHARED_FIXTURES = ("scifact_collection", "ray_cluster")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    uses: dict[str, set[str]] = {}
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        names = set(getattr(item, "fixturenames", ())) & set(_SHARED_FIXTURES)
-        uses.setdefault(module, set()).update(names)
-    group = {f: f for f in _SHARED_FIXTURES}  # union-find over the fixtures
-
-    def root(f: str) -> str:
-        while group[f] != f:
-            f = group[f]
-        return f
-
-    for names in uses.values():
-        roots = sorted({root(f) for f in names})
-        for r in roots[1:]:
-            group[r] = roots[0]
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        names = uses[module]
-        name = f"shared-{root(min(names))}" if names else module
-        item.add_marker(pytest.mark.xdist_group(name))
-
-
 def free_port() -> int:
     """A loopback port nothing listens on now, for a real server a test starts."""
     with socket.socket() as s:
