@@ -11,6 +11,7 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
+
 def free_port() -> int:
     """A loopback port nothing listens on now, for a real server a test starts."""
     with socket.socket() as s:
