@@ -388,11 +388,15 @@ def make_variants(args: argparse.Namespace) -> tuple[list[Variant], list[str]]:
                 import twostage  # noqa: F401  (probe: the extension may not be built)
 
                 for d in dtypes:
+                    # "i8" brings its re-scored twin; "i8+rescore" asks for the twin alone.
+                    if d == "i8+rescore":
+                        variants.append(make_twostage(args, "i8", rescore=True))
+                        continue
                     variants.append(make_twostage(args, d, rescore=False))
                     if d == "i8":
                         variants.append(make_twostage(args, d, rescore=True))
             elif lib == "usearch":
-                variants += [make_usearch(args, d) for d in dtypes]
+                variants += [make_usearch(args, d) for d in dtypes if d != "i8+rescore"]
             elif lib == "hnswlib":
                 variants.append(make_hnswlib(args))
             elif lib == "faiss":
@@ -702,7 +706,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ef-construction", type=int, default=128)
     p.add_argument("--libs", default="twostage,usearch,hnswlib,faiss")
     p.add_argument(
-        "--dtype", default="f32", help="comma list of f32,f16,i8 (twostage and usearch only)"
+        "--dtype",
+        default="f32",
+        help="comma list of f32,f16,i8 (twostage and usearch only; i8+rescore: twostage only)",
     )
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per ef")
     p.add_argument(
@@ -714,8 +720,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(ROOT / "benches" / "out" / "ann.md"))
     args = p.parse_args(argv)
     for d in args.dtype.split(","):
-        if d not in BYTES:
-            p.error(f"--dtype: {d!r} is not one of f32,f16,i8")
+        if d not in BYTES and d != "i8+rescore":
+            p.error(f"--dtype: {d!r} is not one of f32,f16,i8,i8+rescore")
     report = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

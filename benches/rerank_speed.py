@@ -18,6 +18,14 @@ time a pair can take::
 
     python benches/rerank_speed.py --rounds 15     # BENCHMARKS.md, "The second stage"
     python benches/rerank_speed.py --encoder       # the same graph change on the encoder
+
+``--openvino`` adds onnxruntime's OpenVINO execution provider (the ``onnxruntime-openvino``
+wheel, which replaces ``onnxruntime``: use a separate environment) on the same file, row-wise
+and in batches, and for ``--encoder`` beside the CPU provider::
+
+    python3.11 -m venv /tmp/ov && /tmp/ov/bin/pip install onnxruntime-openvino numpy \
+        tokenizers onnx safetensors tqdm tantivy
+    PYTHONPATH=python /tmp/ov/bin/python benches/rerank_speed.py --openvino --rounds 7
 """
 
 from __future__ import annotations
@@ -44,9 +52,14 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=100)
     ap.add_argument("--peak-tops", type=float, default=0.8)
     ap.add_argument("--encoder", action="store_true", help="encoder docs/s, SLN fused vs not")
+    ap.add_argument("--openvino", action="store_true", help="add the OpenVINO EP's variants")
     a = ap.parse_args()
+    if a.openvino and "OpenVINOExecutionProvider" not in ort.get_available_providers():
+        ap.error(
+            "--openvino: this onnxruntime has no OpenVINO EP (pip install onnxruntime-openvino)"
+        )
     if a.encoder:
-        encoder_speed(a.rounds)
+        encoder_speed(a.rounds, openvino=a.openvino)
         return
     docs: list[str] = []
     with gzip.open(SHARED / "data" / "scifact" / "corpus.jsonl.gz", "rt") as f:
@@ -85,20 +98,24 @@ def main() -> None:
 
         list(pool.map(one, range(len(ids))))
 
-    def batched() -> None:
+    def batched16(sess: ort.InferenceSession) -> None:
         ids, types = packed(128)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for s in range(0, len(order), 16):
             r = order[s : s + 16]
-            fused2.run(None, pad(r, [ids[i] for i in r], [types[i] for i in r]).feeds(names))
+            sess.run(None, pad(r, [ids[i] for i in r], [types[i] for i in r]).feeds(names))
 
     variants = {
-        "batched (16 pairs/run, 2 threads, fused SLN)": batched,
+        "batched (16 pairs/run, 2 threads, fused SLN)": lambda: batched16(fused2),
         "row-wise, fused SLN (2 x 1 thread)": lambda: rows(fused1, 128),
         "row-wise (shipped: 2 x 1 thread, unfused SLN) @128": lambda: rows(unfused1, 128),
         "row-wise @96": lambda: rows(unfused1, 96),
         "row-wise @64": lambda: rows(unfused1, 64),
     }
+    if a.openvino:
+        ov1, ov2 = openvino_session(path, 1), openvino_session(path, 2)
+        variants["OpenVINO EP, row-wise (2 x 1 thread)"] = lambda: rows(ov1, 128)
+        variants["OpenVINO EP, batched (16 pairs/run, 2 threads)"] = lambda: batched16(ov2)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for f in variants.values():
         f()  # warm-up
@@ -123,7 +140,14 @@ def main() -> None:
         )
 
 
-def encoder_speed(rounds: int, n: int = 256) -> None:
+def openvino_session(path: str, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # the nodes OpenVINO leaves to the CPU provider: shapes
+    options = {"device_type": "CPU", "num_of_threads": str(threads)}
+    return ort.InferenceSession(path, opts, providers=[("OpenVINOExecutionProvider", options)])
+
+
+def encoder_speed(rounds: int, n: int = 256, openvino: bool = False) -> None:
     """MiniLM-L6 int8 (2 threads, batches of 32, SciFact abstracts at up to 256 tokens):
     the graph as exported (SkipLayerNormalization fused) against the session twostage
     makes (unfused), interleaved."""
@@ -148,6 +172,8 @@ def encoder_speed(rounds: int, n: int = 256) -> None:
         ),
         "unfused SLN (twostage's session)": enc._session,
     }
+    if openvino:
+        sessions["OpenVINO EP (2 threads)"] = openvino_session(path, 2)
     times: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(rounds):
         for k, sess in sessions.items():

@@ -99,7 +99,13 @@ def collect(a: argparse.Namespace) -> None:
             for n, rr in models.items():
                 have = q["logits"].setdefault(n, {})
                 need = sorted(
-                    {k for v in q["lists"].values() for k in v[: a.depth] if k not in have}
+                    {
+                        k
+                        for st_name, v in q["lists"].items()
+                        if st_name in a.stages.split(",")
+                        for k in v[: a.depth]
+                        if k not in have
+                    }
                 )
                 if need:
                     tok = q.setdefault("tokens", {})  # an earlier run's query: fetch again
@@ -132,11 +138,19 @@ def ranking(
     depth: int = 0,
     w: dict[str, float] | None = None,
     pool: int = 100,
+    steps: list[tuple[int, int, dict[str, float]]] | None = None,
 ) -> dict[str, list[str]]:
     """The engine's order, query by query: the pool (first ``pool`` candidates) ordered by
     the ``cheap`` fusion (None: first-stage order), then its top ``depth`` by the fusion
     ``w`` of every signal with the reranker's (None: no reranker), ``rank`` being the rank
-    in the cheap order; unscored candidates follow in the cheap order."""
+    in the cheap order; unscored candidates follow in the cheap order.
+
+    ``steps`` replaces (``length``, ``depth``, ``w``) by several such steps in turn, each
+    re-ordering the top ``depth`` of the order the previous one left (its ``rank`` signal
+    is the rank in that order): a cascade inside the second stage, e.g. the model at 64
+    tokens over 50 candidates, then at 128 tokens over the best 15 of those."""
+    if steps is None:
+        steps = [(length, depth, w)] if w is not None and depth else []
     out: dict[str, list[str]] = {}
     for qid, q in st["queries"].items():
         lst, ids = q["lists"][stage], q["ids"]
@@ -145,15 +159,13 @@ def ranking(
         if cheap:
             c = fuse_signals(signals(q, head, order), cheap)
             order = sorted(order, key=lambda i: (-c[i], i))
-        if w is not None and depth:
-            top = order[:depth]
+        for n, d, ws in steps:
+            top = order[:d]
             keys = [head[i] for i in top]
             sig = signals(q, keys, list(range(len(top))))
-            sig["reranker"] = np.asarray([q["logits"][length][k] for k in keys])
-            f = fuse_signals(sig, w)
-            order = [top[i] for i in sorted(range(len(top)), key=lambda i: (-f[i], i))] + order[
-                depth:
-            ]
+            sig["reranker"] = np.asarray([q["logits"][n][k] for k in keys])
+            f = fuse_signals(sig, ws)
+            order = [top[i] for i in sorted(range(len(top)), key=lambda i: (-f[i], i))] + order[d:]
         out[qid] = [ids[head[i]] for i in order] + [ids[k] for k in lst[pool:]]
     return out
 
@@ -240,6 +252,89 @@ def fit(a: argparse.Namespace) -> None:
     print(markdown(out, cols))
 
 
+def fit_two(a: argparse.Namespace) -> None:
+    """A cascade inside the second stage, against the shipped one-length cascade, at equal
+    model time: the model at ``--short`` tokens over the cheap order's top ``n1``, then at
+    ``--long`` tokens over the best ``n2`` of that order. Every weight is fitted on dev:
+    the cheap fusion, then the short step's (mean dev NDCG over the plans' ``n1``), then
+    the long step's for each plan."""
+    state = pickle.loads(a.state.read_bytes())
+    cols = ["dev", "scifact", *OOD]
+    dev, stage = state["dev"], "hybrid"
+    short, long_ = a.short, a.long
+    plans = [tuple(int(x) for x in p.split(":")) for p in a.plans.split(",")]
+
+    def score(c: str, run: dict[str, list[str]]) -> dict[str, float]:
+        return per_query(state[c]["qrels"], run, ("nDCG@10",))["nDCG@10"]
+
+    def fit_dev(names: tuple[str, ...], make: Any) -> dict[str, float]:
+        def dev_score(w: dict[str, float]) -> float:
+            runs = make(w)
+            return float(np.mean([ndcg_at_k(dev["qrels"], as_scores(r)) for r in runs]))
+
+        return fit_weights("scifact train (dev)", dev_score, names, a.step)[0]
+
+    cheap = fit_dev(SIGNALS_BY_STAGE[1:], lambda w: [ranking(dev, stage, cheap=w)])
+    hyb = {c: score(c, ranking(state[c], "hybrid")) for c in cols}
+    rows: list[tuple[str, float, dict[str, Any]]] = []
+
+    def row(label: str, cost: float, steps: list[tuple[int, int, dict[str, float]]]) -> None:
+        per = {c: score(c, ranking(state[c], stage, cheap=cheap, steps=steps)) for c in cols}
+        rows.append(
+            (label, cost, {c: (per[c], paired_test(hyb[c], per[c], resamples=2000)) for c in cols})
+        )
+        _log(f"{label}: dev {np.mean(list(per['dev'].values())):.4f}")
+
+    cost = {short: a.cost_short, long_: a.cost_long}
+    row("cheap fusion alone", 0.0, [])
+    # The shipped design for reference: one length, depth by the same model time.
+    w_long = fit_dev(
+        SIGNALS_BY_STAGE,
+        lambda w: [
+            ranking(dev, stage, cheap=cheap, steps=[(long_, d, w)]) for d in (20, 30, 40, 50)
+        ],
+    )
+    for d in sorted({round(n1 * cost[short] / cost[long_]) + n2 for n1, n2 in plans} | {30}):
+        row(f"{long_} tokens x {d}", d * cost[long_], [(long_, d, w_long)])
+    w_short = fit_dev(
+        SIGNALS_BY_STAGE,
+        lambda w: [ranking(dev, stage, cheap=cheap, steps=[(short, n1, w)]) for n1, _ in plans],
+    )
+    for n1, _ in sorted(set(plans)):
+        row(f"{short} tokens x {n1}", n1 * cost[short], [(short, n1, w_short)])
+    for n1, n2 in plans:
+        first = (short, n1, w_short)
+        w2 = fit_dev(
+            SIGNALS_BY_STAGE,
+            lambda w, first=first, n2=n2: [
+                ranking(dev, stage, cheap=cheap, steps=[first, (long_, n2, w)])
+            ],
+        )
+        row(
+            f"{short} x {n1}, then {long_} x {n2} {w2}",
+            n1 * cost[short] + n2 * cost[long_],
+            [first, (long_, n2, w2)],
+        )
+    print(f"cheap {cheap}; {long_}-token weights {w_long}; {short}-token weights {w_short}")
+    print(
+        "| second stage (hybrid, 100 candidates) | model ms (2 threads) | "
+        + " | ".join(cols)
+        + " |"
+    )
+    print("|---|---|" + "---|" * len(cols))
+    print(
+        "| hybrid alone | 0 | "
+        + " | ".join(f"{np.mean(list(hyb[c].values())):.4f}" for c in cols)
+        + " |"
+    )
+    for label, ms, res in rows:
+        cells = []
+        for c in cols:
+            per, t = res[c]
+            cells.append(f"{np.mean(list(per.values())):.4f}{'*' if t.p_ttest < 0.05 else ''}")
+        print(f"| {label} | {ms:.0f} | " + " | ".join(cells) + " |")
+
+
 def markdown(out: dict[str, Any], cols: list[str]) -> str:
     lines = [
         "| first stage | tokens | depth | signals | "
@@ -275,6 +370,7 @@ def main() -> None:
     c.add_argument("--lengths", default="64,96,128")
     c.add_argument("--depth", type=int, default=64, help="reranker-scored top of each list")
     c.add_argument("--candidates", type=int, default=100)
+    c.add_argument("--stages", default=",".join(STAGES), help="lists whose top gets scored")
     c.set_defaults(fn=collect)
     f = sub.add_parser("fit")
     f.add_argument("state", type=Path)
@@ -283,6 +379,15 @@ def main() -> None:
     f.add_argument("--step", type=float, default=0.1)
     f.add_argument("--json", default=None)
     f.set_defaults(fn=fit)
+    t = sub.add_parser("fit-two", help="a two-length cascade inside the second stage")
+    t.add_argument("state", type=Path)
+    t.add_argument("--short", type=int, default=64)
+    t.add_argument("--long", type=int, default=128)
+    t.add_argument("--plans", default="40:15,50:15,50:10,60:10", help="n1:n2,...")
+    t.add_argument("--cost-short", type=float, default=1.73, help="ms a pair, 2 threads")
+    t.add_argument("--cost-long", type=float, default=3.42, help="ms a pair, 2 threads")
+    t.add_argument("--step", type=float, default=0.1)
+    t.set_defaults(fn=fit_two)
     a = ap.parse_args()
     a.fn(a)
 
