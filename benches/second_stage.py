@@ -294,6 +294,14 @@ def fit_two(a: argparse.Namespace) -> None:
             ranking(dev, stage, cheap=cheap, steps=[(long_, d, w)]) for d in (20, 30, 40, 50)
         ],
     )
+    shipped = Reranker.load(a.model).fusion_signals or {}
+    if stage in shipped:
+        w_ship = shipped[stage]
+        row(
+            f"{long_} tokens x 30, the shipped weights {w_ship}",
+            30 * cost[long_],
+            [(long_, 30, w_ship)],
+        )
     for d in sorted({round(n1 * cost[short] / cost[long_]) + n2 for n1, n2 in plans} | {30}):
         row(f"{long_} tokens x {d}", d * cost[long_], [(long_, d, w_long)])
     w_short = fit_dev(
@@ -387,6 +395,7 @@ def main() -> None:
     t.add_argument("--cost-short", type=float, default=1.73, help="ms a pair, 2 threads")
     t.add_argument("--cost-long", type=float, default=3.42, help="ms a pair, 2 threads")
     t.add_argument("--step", type=float, default=0.1)
+    t.add_argument("--model", default="twostage-rerank", help="for its shipped weights' row")
     t.set_defaults(fn=fit_two)
     a = ap.parse_args()
     a.fn(a)
