@@ -255,14 +255,18 @@ def fit(a: argparse.Namespace) -> None:
 def fit_two(a: argparse.Namespace) -> None:
     """A cascade inside the second stage, against the shipped one-length cascade, at equal
     model time: the model at ``--short`` tokens over the cheap order's top ``n1``, then at
-    ``--long`` tokens over the best ``n2`` of that order. Every weight is fitted on dev:
-    the cheap fusion, then the short step's (mean dev NDCG over the plans' ``n1``), then
-    the long step's for each plan."""
+    ``--long`` tokens over the best ``n2`` of that order. Every weight is fitted on dev,
+    per first stage: the cheap fusion, then the short step's (mean dev NDCG over the plans'
+    ``n1``), then the long step's for each plan. ``--json`` writes each stage's weights for
+    every plan, in twostage.json's terms (``cheap``, ``weights``, ``refine.weights``)."""
     state = pickle.loads(a.state.read_bytes())
     cols = ["dev", "scifact", *OOD]
-    dev, stage = state["dev"], "hybrid"
+    dev = state["dev"]
     short, long_ = a.short, a.long
     plans = [tuple(int(x) for x in p.split(":")) for p in a.plans.split(",")]
+    cost = {short: a.cost_short, long_: a.cost_long}
+    shipped = Reranker.load(a.model).fusion_signals or {}
+    out: dict[str, Any] = {"short": short, "long": long_, "stages": {}}
 
     def score(c: str, run: dict[str, list[str]]) -> dict[str, float]:
         return per_query(state[c]["qrels"], run, ("nDCG@10",))["nDCG@10"]
@@ -274,73 +278,76 @@ def fit_two(a: argparse.Namespace) -> None:
 
         return fit_weights("scifact train (dev)", dev_score, names, a.step)[0]
 
-    cheap = fit_dev(SIGNALS_BY_STAGE[1:], lambda w: [ranking(dev, stage, cheap=w)])
-    hyb = {c: score(c, ranking(state[c], "hybrid")) for c in cols}
-    rows: list[tuple[str, float, dict[str, Any]]] = []
+    def one_stage(stage: str) -> None:
+        cheap = fit_dev(SIGNALS_BY_STAGE[1:], lambda w: [ranking(dev, stage, cheap=w)])
+        base = {c: score(c, ranking(state[c], stage)) for c in cols}
+        hyb = {c: score(c, ranking(state[c], "hybrid")) for c in cols}
+        rows: list[tuple[str, float, dict[str, Any]]] = []
+        res: dict[str, Any] = {"cheap": cheap, "plans": {}, "ndcg": {}}
 
-    def row(label: str, cost: float, steps: list[tuple[int, int, dict[str, float]]]) -> None:
-        per = {c: score(c, ranking(state[c], stage, cheap=cheap, steps=steps)) for c in cols}
-        rows.append(
-            (label, cost, {c: (per[c], paired_test(hyb[c], per[c], resamples=2000)) for c in cols})
-        )
-        _log(f"{label}: dev {np.mean(list(per['dev'].values())):.4f}")
+        def row(label: str, cost_ms: float, steps: list[Any]) -> None:
+            per = {c: score(c, ranking(state[c], stage, cheap=cheap, steps=steps)) for c in cols}
+            tests = {c: paired_test(base[c], per[c], resamples=2000) for c in cols}
+            rows.append((label, cost_ms, {c: (per[c], tests[c]) for c in cols}))
+            res["ndcg"][label] = {c: float(np.mean(list(per[c].values()))) for c in cols}
+            _log(f"{stage} {label}: dev {res['ndcg'][label]['dev']:.4f}")
 
-    cost = {short: a.cost_short, long_: a.cost_long}
-    row("cheap fusion alone", 0.0, [])
-    # The shipped design for reference: one length, depth by the same model time.
-    w_long = fit_dev(
-        SIGNALS_BY_STAGE,
-        lambda w: [
-            ranking(dev, stage, cheap=cheap, steps=[(long_, d, w)]) for d in (20, 30, 40, 50)
-        ],
-    )
-    shipped = Reranker.load(a.model).fusion_signals or {}
-    if stage in shipped:
-        w_ship = shipped[stage]
-        row(
-            f"{long_} tokens x 30, the shipped weights {w_ship}",
-            30 * cost[long_],
-            [(long_, 30, w_ship)],
-        )
-    for d in sorted({round(n1 * cost[short] / cost[long_]) + n2 for n1, n2 in plans} | {30}):
-        row(f"{long_} tokens x {d}", d * cost[long_], [(long_, d, w_long)])
-    w_short = fit_dev(
-        SIGNALS_BY_STAGE,
-        lambda w: [ranking(dev, stage, cheap=cheap, steps=[(short, n1, w)]) for n1, _ in plans],
-    )
-    for n1, _ in sorted(set(plans)):
-        row(f"{short} tokens x {n1}", n1 * cost[short], [(short, n1, w_short)])
-    for n1, n2 in plans:
-        first = (short, n1, w_short)
-        w2 = fit_dev(
+        row("cheap fusion alone", 0.0, [])
+        if stage in shipped:
+            w_ship = shipped[stage]
+            row(
+                f"{long_} x 30, the shipped weights {w_ship}",
+                30 * cost[long_],
+                [(long_, 30, w_ship)],
+            )
+        w_long = fit_dev(
             SIGNALS_BY_STAGE,
-            lambda w, first=first, n2=n2: [
-                ranking(dev, stage, cheap=cheap, steps=[first, (long_, n2, w)])
+            lambda w: [
+                ranking(dev, stage, cheap=cheap, steps=[(long_, d, w)]) for d in (20, 30, 40, 50)
             ],
         )
-        row(
-            f"{short} x {n1}, then {long_} x {n2} {w2}",
-            n1 * cost[short] + n2 * cost[long_],
-            [first, (long_, n2, w2)],
+        for d in sorted({round(n1 * cost[short] / cost[long_]) + n2 for n1, n2 in plans} | {30}):
+            row(f"{long_} x {d} {w_long}", d * cost[long_], [(long_, d, w_long)])
+        w_short = fit_dev(
+            SIGNALS_BY_STAGE,
+            lambda w: [ranking(dev, stage, cheap=cheap, steps=[(short, n1, w)]) for n1, _ in plans],
         )
-    print(f"cheap {cheap}; {long_}-token weights {w_long}; {short}-token weights {w_short}")
-    print(
-        "| second stage (hybrid, 100 candidates) | model ms (2 threads) | "
-        + " | ".join(cols)
-        + " |"
-    )
-    print("|---|---|" + "---|" * len(cols))
-    print(
-        "| hybrid alone | 0 | "
-        + " | ".join(f"{np.mean(list(hyb[c].values())):.4f}" for c in cols)
-        + " |"
-    )
-    for label, ms, res in rows:
-        cells = []
-        for c in cols:
-            per, t = res[c]
-            cells.append(f"{np.mean(list(per.values())):.4f}{'*' if t.p_ttest < 0.05 else ''}")
-        print(f"| {label} | {ms:.0f} | " + " | ".join(cells) + " |")
+        for n1 in sorted({n1 for n1, _ in plans}):
+            row(f"{short} x {n1} {w_short}", n1 * cost[short], [(short, n1, w_short)])
+        for n1, n2 in plans:
+            first = (short, n1, w_short)
+            w2 = fit_dev(
+                SIGNALS_BY_STAGE,
+                lambda w, first=first, n2=n2: [
+                    ranking(dev, stage, cheap=cheap, steps=[first, (long_, n2, w)])
+                ],
+            )
+            res["plans"][f"{n1}:{n2}"] = {"weights": w_short, "refine": w2}
+            row(
+                f"{short} x {n1}, then {long_} x {n2} {w2}",
+                n1 * cost[short] + n2 * cost[long_],
+                [first, (long_, n2, w2)],
+            )
+        out["stages"][stage] = res
+        print(f"\n### {stage} first stage\n")
+        print(
+            f"| {stage}, 100 candidates, then | model ms (2 threads) | " + " | ".join(cols) + " |"
+        )
+        print("|---|---|" + "---|" * len(cols))
+        for label, vals in (("nothing", base), ("hybrid alone", hyb)):
+            cells = " | ".join(f"{np.mean(list(vals[c].values())):.4f}" for c in cols)
+            print(f"| {label} | 0 | {cells} |")
+        for label, ms, r in rows:
+            cells = " | ".join(
+                f"{np.mean(list(per.values())):.4f}{'*' if t.p_ttest < 0.05 else ''}"
+                for per, t in r.values()
+            )
+            print(f"| {label} | {ms:.0f} | {cells} |")
+
+    for stage in a.stages.split(","):
+        one_stage(stage)
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
 
 
 def markdown(out: dict[str, Any], cols: list[str]) -> str:
@@ -396,6 +403,8 @@ def main() -> None:
     t.add_argument("--cost-long", type=float, default=3.42, help="ms a pair, 2 threads")
     t.add_argument("--step", type=float, default=0.1)
     t.add_argument("--model", default="twostage-rerank", help="for its shipped weights' row")
+    t.add_argument("--stages", default="hybrid", help="first stages to fit, e.g. dense,bm25,hybrid")
+    t.add_argument("--json", default=None)
     t.set_defaults(fn=fit_two)
     a = ap.parse_args()
     a.fn(a)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from twostage import Engine
+from twostage import Engine, Reranker
 from twostage.beir import Dataset
 from twostage.evaluation import collection_for
 from twostage.machine import machine_info
@@ -179,13 +179,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--clients", type=int, default=1, help="concurrent searches (twostage only)")
+    ap.add_argument("--model", default=None, help="another reranker folder, with its defaults")
     a = ap.parse_args()
     if a.clients > 1:
         a.no_st = True
 
     ds = Dataset.load(SHARED / "data" / "scifact", "test")
     col = collection_for(ds)
-    engine = Engine(col)  # the defaults: nothing passed
+    # The defaults: nothing passed (or another model, which brings its own defaults).
+    engine = Engine(col) if a.model is None else Engine(col, reranker=Reranker.load(a.model))
     d = engine.defaults
     rr = engine.reranker
     assert rr is not None

@@ -329,3 +329,93 @@ def test_a_tight_budget_scores_fewer_never_none(col: Collection, tmp_path: Path)
     assert resp.hits[0].reranked
     none = eng.search(QUERY, k=10, depth=30, budget_ms=0)
     assert none.scored == 0 and none.degraded
+
+
+# ---- the refine step: a second length inside the second stage -------------------------------
+
+
+REFINE = {
+    "defaults": {"max_length": 32},
+    "fusion": {
+        "mode": "signals",
+        "weights": {"dense": {"reranker": 0.5, "rank": 0.5}},
+        "refine": {"max_length": 96, "depth": 4, "weights": {"dense": {"reranker": 1.0}}},
+    },
+}
+
+
+def test_refine_rescores_the_best_of_the_fused_order_with_longer_pairs(
+    col: Collection, tmp_path: Path
+) -> None:
+    rr = tiny_with(tmp_path / "ce", REFINE)
+    assert rr.max_length == 32 and rr.fusion_refine is not None
+    long_rr = rr.at_length(96)
+    assert long_rr.max_length == 96 and long_rr.version == rr.version
+    assert rr.at_length(96) is long_rr and rr.at_length(32) is rr
+    eng = Engine(col, reranker=rr, config=EngineConfig(budget_ms=1e9, first_stage="dense"))
+    resp = eng.search(QUERY, k=12, depth=10)
+    assert resp.scored == 10 and not resp.degraded
+    # By hand: the first step, 32-token logits fused with the first-stage rank.
+    plain = Engine(
+        col,
+        reranker=tiny_with(
+            tmp_path / "one", {**REFINE, "fusion": {**REFINE["fusion"], "refine": None}}
+        ),
+        config=EngineConfig(budget_ms=1e9, first_stage="dense"),
+    ).search(QUERY, k=12, depth=10)
+    first = [h.id for h in plain.hits[:10]]
+    assert {h.id for h in resp.hits[:10]} == set(first)  # the same ten scored
+    # The best four of that order come first, ordered by their 96-token logits alone.
+    top4 = [h for h in resp.hits[:4]]
+    assert {h.id for h in top4} == set(first[:4])
+    texts = {h.id: d.text for h, d in zip(top4, col.get([h.id for h in top4]), strict=True)}
+    logits = dict(zip(texts, long_rr.score(QUERY, list(texts.values())).tolist(), strict=True))
+    assert [h.id for h in top4] == sorted(texts, key=lambda i: -logits[i])
+    for h in top4:  # each hit reports the logit that placed it: the 96-token one
+        assert h.reranker_score == pytest.approx(logits[h.id], abs=1e-4)
+    # The other six keep the first step's order and logits, below the refined four.
+    assert [h.id for h in resp.hits[4:10]] == first[4:10]
+    assert [h.reranker_score for h in resp.hits[4:10]] == [
+        h.reranker_score for h in plain.hits[4:10]
+    ]
+    assert min(h.score for h in top4) > max(h.score for h in resp.hits[4:10])
+
+
+def test_scores_of_two_lengths_are_cached_apart(col: Collection, tmp_path: Path) -> None:
+    rr = tiny_with(tmp_path / "ce", REFINE)
+    eng = Engine(col, reranker=rr, config=EngineConfig(budget_ms=1e9, first_stage="dense"))
+    a = eng.search(QUERY, k=10, depth=10)
+    b = eng.search(QUERY, k=10, depth=10)
+    assert b.cached_scores == 10  # the first step's ten, from the cache
+    assert [(h.id, h.reranker_score) for h in a.hits] == [(h.id, h.reranker_score) for h in b.hits]
+    # 10 pairs at 32 tokens and 4 at 96: the four documents are cached twice, apart.
+    assert eng.cache_stats()["scores"]["size"] == 14
+
+
+def test_refine_time_is_set_aside_and_a_tight_budget_still_scores(
+    col: Collection, tmp_path: Path
+) -> None:
+    """With the model said to cost 10 ms a token, neither step fits: the first still scores
+    one pair, the refine step's shortfall is the answer's reason, and nothing raises."""
+    rr = tiny_with(tmp_path / "ce", REFINE)
+    cfg = EngineConfig(first_stage="dense", rerank_ms_per_token=10.0, score_cache_size=0)
+    resp = Engine(col, reranker=rr, config=cfg).search(QUERY, k=10, depth=10, budget_ms=800)
+    assert resp.scored >= 1 and resp.degraded and resp.degraded_reason
+    assert resp.hits[0].reranked
+
+
+def test_a_bad_refine_table_is_refused(tmp_path: Path) -> None:
+    base = REFINE["fusion"]
+    for refine, match in [
+        ({"max_length": 96, "depth": 0, "weights": base["refine"]["weights"]}, "refine.depth"),  # type: ignore[index]
+        (
+            {"max_length": 4096, "depth": 4, "weights": base["refine"]["weights"]},
+            "refine.max_length",
+        ),  # type: ignore[index]
+        ({"max_length": 96, "depth": 4, "weights": {"dense": {"dense": 1.0}}}, "reranker's weight"),
+        ({"max_length": 96, "depth": 4, "weights": {}, "deep": 1}, "unknown setting"),
+    ]:
+        with pytest.raises(InvalidModel, match=match):
+            tiny_with(
+                tmp_path / match.replace(" ", "_"), {**REFINE, "fusion": {**base, "refine": refine}}
+            )  # type: ignore[dict-item]

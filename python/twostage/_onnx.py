@@ -285,6 +285,7 @@ class OnnxModel:
         self._precision = files.precision
         self._fingerprint = files.fingerprint
         self._tokenizer: Tokenizer = load_tokenizer(files.tokenizer, self._max_length)
+        self._tokenizer_path = files.tokenizer
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, not {threads}")
         # Row-wise: `threads` single-threaded runs at once, each one row, instead of one run

@@ -52,7 +52,7 @@ from twostage.encoder import Encoder
 from twostage.errors import EncoderMismatch, InvalidArgument, InvalidModel
 from twostage.filters import KeySet, exact_is_cheaper
 from twostage.fusion import first_stage_signals, fuse_signals
-from twostage.reranker import Pairs, Reranker
+from twostage.reranker import Pairs, Refine, Reranker
 from twostage.store import StoredDoc
 
 K = TypeVar("K", bound=Hashable)
@@ -351,7 +351,8 @@ class Engine:
         self._vocab = vocab
         self._name = name
         self._query_cache: LRUCache[str, np.ndarray] = LRUCache(self.config.query_cache_size)
-        self._score_cache: LRUCache[tuple[str, str, int, int], float] = LRUCache(
+        # (model version, pair length, query, document key, document seq) -> logit
+        self._score_cache: LRUCache[tuple[str, int, str, int, int], float] = LRUCache(
             self.config.score_cache_size
         )
         # Measured reranker cost per padded token, by model version: predicts batch time.
@@ -682,25 +683,45 @@ class Engine:
             c = fuse_signals(self._signals(head, docs, sims, bm25, None), cheap_w)
             order_ = sorted(head, key=lambda i: (-c[i], i)) + order_[cand:]
         crank = {p: r for r, p in enumerate(order_)}
+        # A second step inside the second stage (the model's `fusion.refine`): the best of
+        # the fused order are scored again with longer pairs. Its time is set aside before
+        # the first step starts, so the first step cannot spend it.
+        refine = rr.fusion_refine if want_rerank and signal_w and rr is not None else None
+        if refine is not None and rr is not None:
+            if refine.max_length <= rr.max_length or mode not in refine.weights:
+                refine = None
         if want_rerank:
             assert rr is not None
             rr_version = rr.version
             todo = order_[: min(depth, cand)]
+            step_deadline = deadline
+            if refine is not None:
+                now = time.perf_counter()
+                keep = self._refine_reserve(rr, refine.max_length, min(refine.depth, len(todo)))
+                step_deadline = max(deadline - keep, now + (deadline - now) / 2)
             got, cached, degraded_reason = self._rerank(
-                rr, query, [docs[p] for p in todo], deadline
+                rr, query, [docs[p] for p in todo], step_deadline
             )
             scored = {todo[i]: v for i, v in got.items()}
         elif rerank and depth > 0 and rr is None:
             notes.append("no reranker installed: first-stage order")
-        t_rr = time.perf_counter()
 
         final = scored
+        shown = dict(scored)  # the logit each hit reports: the refine step's where it ran
         if signal_w and scored:  # the model read beside every first-stage signal
             by_rank = sorted(scored, key=crank.__getitem__)
             sig = self._signals(by_rank, docs, sims, bm25, [crank[p] for p in by_rank])
             sig["reranker"] = np.asarray([scored[p] for p in by_rank], dtype=np.float64)
             fused = fuse_signals(sig, {n: v for n, v in signal_w.items() if n in sig})
             final = dict(zip(by_rank, fused.tolist(), strict=True))
+            if refine is not None and len(final) > 1 and time.perf_counter() < deadline:
+                assert rr is not None
+                final, logits, why = self._refine(
+                    rr, refine, mode, query, docs, sims, bm25, final, crank, deadline
+                )
+                shown.update(logits)
+                if why and degraded_reason is None:
+                    degraded_reason = f"refine: {why}"
         elif w and sims is not None and scored:  # the model is read beside the similarity
             pos_ = np.fromiter(scored, dtype=np.int64, count=len(scored))
             fused = fuse(
@@ -710,6 +731,7 @@ class Engine:
                 rule,
             )
             final = dict(zip(scored, fused.tolist(), strict=True))
+        t_rr = time.perf_counter()
         base = np.asarray(order_, dtype=np.uint64)
         order = base[rerank_order(base, final)] if final else base
         hits = []
@@ -728,7 +750,7 @@ class Engine:
                     title=d.title,
                     snippet=_snippet(d.text, cfg.snippet_chars),
                     metadata=d.metadata,
-                    reranker_score=scored.get(pos),
+                    reranker_score=shown.get(pos),
                 )
             )
         t_end = time.perf_counter()
@@ -916,14 +938,62 @@ class Engine:
         emb = self._col.store.embeddings(keys, missing_nan=True)
         return fill_missing(dense_similarities(self._metric, emb, vec))
 
+    def _refine_reserve(self, rr: Reranker, length: int, n: int) -> float:
+        """Seconds to set aside for the refine step: ``n`` pairs of ``length`` tokens at the
+        model's measured cost, ``rr.workers`` at a time (0 until a pair has been timed)."""
+        fixed = self.config.rerank_ms_per_token
+        with self._cost_lock:
+            per_token = self._cost.get(rr.version, 0.0) if fixed is None else fixed / 1000.0
+        return per_token * length * math.ceil(n / max(1, rr.workers)) + _RESERVE_S
+
+    def _refine(
+        self,
+        rr: Reranker,
+        refine: Refine,
+        mode: str,
+        query: str,
+        docs: Sequence[StoredDoc],
+        sims: np.ndarray | None,
+        bm25: dict[int, float] | None,
+        final: dict[int, float],
+        crank: dict[int, int],
+        deadline: float,
+    ) -> tuple[dict[int, float], dict[int, float], str | None]:
+        """The refine step: the best ``refine.depth`` of the fused order scored again at
+        ``refine.max_length`` tokens, fused with ``refine.weights`` (``rank``: the rank in
+        the fused order) and placed first, in that order; the rest keep theirs. Returns the
+        new final scores, the refined logits by position, and why it stopped short (None)."""
+        ranked = sorted(final, key=lambda p: (-final[p], crank[p]))
+        top = ranked[: refine.depth]
+        long_rr = rr.at_length(refine.max_length)
+        got, _, why = self._rerank(
+            long_rr, query, [docs[p] for p in top], deadline, one_anyway=False
+        )
+        if not got:
+            return final, {}, why
+        by = sorted(got)  # indices into `top`, which is in rank order: index = rank
+        keys = [top[i] for i in by]
+        sig = self._signals(keys, docs, sims, bm25, by)
+        sig["reranker"] = np.asarray([got[i] for i in by], dtype=np.float64)
+        fused = fuse_signals(sig, {n: v for n, v in refine.weights[mode].items() if n in sig})
+        # Refined candidates above every other: their fused score lifted past the rest's.
+        rest = [v for p, v in final.items() if p not in set(keys)]
+        lift = (max(rest) - float(fused.min()) + 1.0) if rest else 0.0
+        out = dict(final)
+        out.update({p: f + lift for p, f in zip(keys, fused.tolist(), strict=True)})
+        return out, {p: got[i] for p, i in zip(keys, by, strict=True)}, why
+
     def _rerank(
         self,
         rr: Reranker,
         query: str,
         docs: Sequence[StoredDoc],
         deadline: float,
+        one_anyway: bool = True,
     ) -> tuple[dict[int, float], int, str | None]:
-        """Scores by candidate position; stops before a batch that would miss the deadline."""
+        """Scores by candidate position; stops before a batch that would miss the deadline.
+        ``one_anyway``: with time left but no pair predicted to fit, score one rather than
+        none (the refine step, which has the first step's scores, does not)."""
         scored: dict[int, float] = {}
         if time.perf_counter() >= deadline:
             # Even cached scores are not used: a spent budget means "first stage now".
@@ -931,7 +1001,7 @@ class Engine:
         todo: list[int] = []
         version = rr.version
         for pos, d in enumerate(docs):
-            s = self._score_cache.get((version, query, d.key, d.seq))
+            s = self._score_cache.get((version, rr.max_length, query, d.key, d.seq))
             if s is None:
                 todo.append(pos)
             else:
@@ -963,14 +1033,16 @@ class Engine:
             per_token = self._cost.get(version, 0.0) if fixed is None else fixed / 1000.0
         scorer = self.scorer
         if scorer is None and rr.row_wise:
-            return self._rerank_rows(rr, query, docs, todo, pairs, scored, deadline, per_token)
+            return self._rerank_rows(
+                rr, query, docs, todo, pairs, scored, deadline, per_token, one_anyway
+            )
         if scorer is not None:
             got, reason = scorer.score_pairs(rr, pairs, deadline, per_token)
             for i, s in got.items():
                 pos = todo[i]
                 scored[pos] = s
                 d = docs[pos]
-                self._score_cache.put((version, query, d.key, d.seq), s)
+                self._score_cache.put((version, rr.max_length, query, d.key, d.seq), s)
             return scored, cached, reason
         start = 0
         while start < len(todo):
@@ -981,7 +1053,7 @@ class Engine:
             now = time.perf_counter()
             left_s = deadline - now - _RESERVE_S
             fit = int(left_s / (per_token * width)) if per_token > 0 else len(rows)
-            if fit < 1 and not scored and now < deadline:
+            if fit < 1 and not scored and now < deadline and one_anyway:
                 fit = 1  # some time left, nothing scored: one pair rather than none
             if fit < 1:
                 left = len(todo) - start
@@ -1012,7 +1084,7 @@ class Engine:
                 pos = todo[i]
                 scored[pos] = s
                 d = docs[pos]
-                self._score_cache.put((version, query, d.key, d.seq), s)
+                self._score_cache.put((version, rr.max_length, query, d.key, d.seq), s)
         return scored, cached, None
 
     def _rerank_rows(
@@ -1025,6 +1097,7 @@ class Engine:
         scored: dict[int, float],
         deadline: float,
         per_token: float,
+        one_anyway: bool = True,
     ) -> tuple[dict[int, float], int, str | None]:
         """Row-wise scoring, pipelined: ``rr.workers`` pairs in flight, and before each next
         pair the check that it is predicted to end in time (``per_token``: one pair on one
@@ -1048,7 +1121,7 @@ class Engine:
                     # Predicted to end late: stop, unless nothing is scored or running yet
                     # and some time is left (then one pair rather than none).
                     if now + cost > deadline - _RESERVE_S and (
-                        scored or inflight or now >= deadline
+                        scored or inflight or now >= deadline or not one_anyway
                     ):
                         stop = True
                         break
@@ -1084,7 +1157,7 @@ class Engine:
                     pos = todo[i]
                     scored[pos] = s
                     d = docs[pos]
-                    self._score_cache.put((version, query, d.key, d.seq), s)
+                    self._score_cache.put((version, rr.max_length, query, d.key, d.seq), s)
         if reason is None and nxt < len(todo):
             reason = f"budget: {len(todo) - nxt} of {len(docs)} candidates not scored"
         return scored, cached, reason

@@ -21,11 +21,12 @@ array([ 3.1, -6.8], dtype=float32)
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict, overload
+from typing import Any, NamedTuple, TypedDict, overload
 
 import numpy as np
 
@@ -78,6 +79,31 @@ def defaults_problem(defaults: object) -> str | None:
                 "(first_stage, depth, candidates, budget_ms, max_length)"
             )
     return None
+
+
+class Refine(NamedTuple):
+    """twostage.json ``fusion.refine``: see :attr:`Reranker.fusion_refine`."""
+
+    max_length: int
+    depth: int
+    weights: dict[str, dict[str, float]]
+
+
+def refine_problem(refine: object, settings: dict[str, Any]) -> str | None:
+    """What is wrong with a twostage.json ``fusion.refine`` table, or None."""
+    if not isinstance(refine, dict):
+        return "fusion.refine must be a table (max_length, depth, weights)"
+    unknown = set(refine) - {"max_length", "depth", "weights"}
+    if unknown:
+        return f"fusion.refine: unknown setting {sorted(unknown)[0]!r} (max_length, depth, weights)"
+    model_max = int(settings.get("max_length", 0))
+    n, d = refine.get("max_length"), refine.get("depth")
+    if isinstance(n, bool) or not isinstance(n, int) or not Reranker.MIN_LENGTH <= n <= model_max:
+        lo = Reranker.MIN_LENGTH
+        return f"fusion.refine.max_length must be an integer in {lo}..{model_max}, not {n!r}"
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        return f"fusion.refine.depth must be an integer >= 1, not {d!r}"
+    return weights_problem(refine.get("weights"), what="refine.weights")
 
 
 class Reranker(OnnxModel):
@@ -156,6 +182,8 @@ class Reranker(OnnxModel):
             problem = weights_problem(fusion.get("weights"))
             if not problem and fusion.get("cheap") is not None:
                 problem = weights_problem(fusion["cheap"], need_reranker=False, what="cheap")
+            if not problem and fusion.get("refine") is not None:
+                problem = refine_problem(fusion["refine"], files.settings)
             if problem:
                 raise InvalidModel(f"{files.onnx.parent}/twostage.json: {problem}")
         else:
@@ -198,6 +226,42 @@ class Reranker(OnnxModel):
         """The cascade's cheap weights per first stage (first-stage signals only, no
         reranker): twostage.json ``fusion.cheap`` in ``"signals"`` mode, else None."""
         return self._signal_table("cheap")
+
+    @functools.cached_property
+    def fusion_refine(self) -> Refine | None:
+        """The second step inside the second stage (twostage.json ``fusion.refine``), or
+        None: after the model has scored the cascade's top ``depth`` at :attr:`max_length`
+        tokens and they are fused, it scores the best ``refine.depth`` of that order again
+        at ``refine.max_length`` tokens (longer, dearer) and fuses those with
+        ``refine.weights``, ``rank`` being the rank after the first step."""
+        fusion = self._settings.get("fusion") or {}
+        r = fusion.get("refine") if fusion.get("mode") == "signals" else None
+        if not r:
+            return None
+        weights = {s: {k: float(v) for k, v in t.items()} for s, t in r["weights"].items()}
+        return Refine(int(r["max_length"]), int(r["depth"]), weights)
+
+    def at_length(self, max_length: int) -> Reranker:
+        """This model with another pair token limit: the same session, threads and version
+        (a score cache must key on :attr:`max_length` too)."""
+        if max_length == self._max_length:
+            return self
+        # Shared by the copies (a shallow copy keeps the dict): one tokenizer per length.
+        made: dict[int, Reranker] = self.__dict__.setdefault("_at_lengths", {})
+        other = made.get(max_length)
+        if other is None:
+            from twostage._models import load_tokenizer
+
+            model_max = int(self._settings["max_length"])
+            if not self.MIN_LENGTH <= max_length <= model_max:
+                raise ValueError(
+                    f"max_length must be in {self.MIN_LENGTH}..{model_max} for this model"
+                )
+            other = copy.copy(self)
+            other._max_length = max_length
+            other._tokenizer = load_tokenizer(self._tokenizer_path, max_length)
+            made[max_length] = other
+        return other
 
     def _signal_table(self, name: str) -> dict[str, dict[str, float]] | None:
         fusion = self._settings.get("fusion") or {}
