@@ -319,7 +319,10 @@ def _chunk_of(store: Path) -> int:
 
 def _shard_state(folder: Path) -> tuple[str, dict[str, int], dict[str, np.ndarray], list[Any]]:
     """Documents and vectors (the store's digest), ids -> keys, the index's vectors, and
-    exact and HNSW answers for a few probe vectors."""
+    exact answers for a few probe vectors. Each HNSW answer is checked here to hold only
+    stored keys at their exact distances; the graph itself is not compared: a resumed
+    shard's index may be repaired from the store in other batches than the whole build
+    inserted, so its links (and which approximate neighbours a walk reaches) can differ."""
     with Collection.open(folder, read_only=True) as col:
         ids = list(col.store.ids())
         keys = col.store.keys_of(ids)
@@ -328,7 +331,9 @@ def _shard_state(folder: Path) -> tuple[str, dict[str, int], dict[str, np.ndarra
         all_keys = np.fromiter(col.store.keys(), dtype=np.uint64)
         answers = []
         for p in probes:
-            answers.append(col.index.search(p, k=10).to_list())
+            walk = col.index.search(p, k=10)
+            exact = col.index.search_exact(p, walk.keys, k=10)  # the same keys, scanned
+            assert walk.to_list() == exact.to_list()
             answers.append(col.index.search_exact(p, all_keys, k=10).to_list())
         return col.store.digest(), keys, vectors, answers
 
@@ -390,7 +395,7 @@ def test_a_killed_ingest_resumes_to_the_same_shards(ray_cluster: Any, tmp_path: 
         assert a[2].keys() == b[2].keys()
         for i in a[2]:
             np.testing.assert_array_equal(a[2][i], b[2][i], err_msg=i)
-        assert a[3] == b[3], f"shard {s}: search results differ"
+        assert a[3] == b[3], f"shard {s}: exact answers differ"
     assert ingest(corpus, out, 3, **opts).already_complete
 
 
