@@ -4,9 +4,11 @@
 the build may still be held by the allocator. Here each index (f16, and i8 with f16
 re-scoring) is built once, saved, then opened alone in a new process: its own memory
 (RssAnon), its mapped file pages (RssFile), and recall@100 and single-query latency at
-each ef, on ``ann.py``'s cached data (run ``ann.py --n N`` first)::
+each ef, on ``ann.py``'s cached data (run ``ann.py --n N`` first). ``--variants`` names each index as
+``dtype:M`` (``i8+rescore`` is i8 with f16 re-scoring; M the HNSW connectivity)::
 
     .venv/bin/python benches/ann_reopen.py --n 1000000 --efs 512,768,1024
+    .venv/bin/python benches/ann_reopen.py --variants f16:16,i8+rescore:16,i8+rescore:12
 """
 
 from __future__ import annotations
@@ -33,13 +35,23 @@ def rss(field: str) -> int:
     raise KeyError(field)
 
 
+def variants(spec: str) -> list[tuple[str, str, bool, int]]:
+    """``f16:16,i8+rescore:12`` -> (file stem, dtype, rescore, M) per index."""
+    out = []
+    for item in spec.split(","):
+        name, _, m = item.partition(":")
+        dtype, rescore = VARIANTS[name]
+        out.append((f"{name}-M{m or 16}", dtype, rescore, int(m or 16)))
+    return out
+
+
 def build(a: argparse.Namespace, out: Path) -> None:
     import twostage
 
     x = np.ascontiguousarray(np.load(CACHE / f"base_n{a.n}_{KEY}.npy", mmap_mode="r"))
-    for name, (dtype, rescore) in VARIANTS.items():
+    for name, dtype, rescore, m in variants(a.variants):
         idx = twostage.Index(
-            384, metric="cos", dtype=dtype, connectivity=16, ef_construction=128,
+            384, metric="cos", dtype=dtype, connectivity=m, ef_construction=128,
             shards=1, threads=2, rescore=rescore,
         )  # fmt: skip
         t = time.perf_counter()
@@ -74,6 +86,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--efs", default="512,768,1024")
+    ap.add_argument("--variants", default="f16:16,i8+rescore:16", help="dtype:M per index")
     ap.add_argument("--open", type=Path, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.open:
@@ -84,7 +97,7 @@ def main() -> None:
             ap.error(f"{CACHE / f} is missing: run benches/ann.py --n {a.n} first")
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         build(a, Path(tmp))
-        for name in VARIANTS:
+        for name, *_ in variants(a.variants):
             cmd = [sys.executable, __file__, "--n", str(a.n), "--efs", a.efs]
             subprocess.run([*cmd, "--open", str(Path(tmp) / f"{name}.tsidx")], check=True)
 
