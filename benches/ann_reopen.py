@@ -4,8 +4,8 @@
 the build may still be held by the allocator. Here each index (f16, and i8 with f16
 re-scoring) is built once, saved, then opened alone in a new process: its own memory
 (RssAnon), its mapped file pages (RssFile), and recall@100 and single-query latency at
-each ef, on ``ann.py``'s cached data (run ``ann.py --n N`` first). ``--variants`` names each index as
-``dtype:M`` (``i8+rescore`` is i8 with f16 re-scoring; M the HNSW connectivity)::
+each ef, on ``ann.py``'s cached data (run ``ann.py --n N`` first). ``--variants`` names each
+index as ``dtype:M`` (``i8+rescore`` is i8 with f16 re-scoring; M the HNSW connectivity)::
 
     .venv/bin/python benches/ann_reopen.py --n 1000000 --efs 512,768,1024
     .venv/bin/python benches/ann_reopen.py --variants f16:16,i8+rescore:16,i8+rescore:12

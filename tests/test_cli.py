@@ -138,6 +138,31 @@ def test_plain_text_corpus(tmp_path: Path) -> None:
     assert hit["hits"][0]["id"] == "3"  # the line number
 
 
+def test_build_an_i8_index_with_f16_rescoring(tmp_path: Path) -> None:
+    """--dtype i8 --rescore --connectivity reach the index, `index info` says so, and a
+    re-embedded generation keeps them; --rescore on an f16 index is refused, nothing made."""
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text("SQLite is an embedded database.\n\nHNSW is a graph index for vectors.\n")
+    out = tmp_path / "notes"
+    flags = ("--no-progress", "--dtype", "i8", "--rescore", "--connectivity", "12")
+    done = run("index", "build", "--corpus", str(corpus), "--out", str(out), *flags)
+    assert done.returncode == 0, done.stderr
+    shown = run("index", "info", str(out)).stdout
+    assert "cos i8 + f16 re-scoring dim=384" in shown and "M=12" in shown
+    hit = json.loads(run("search", str(out), "nearest neighbour graph", "--json", "-k", "1").stdout)
+    assert hit["hits"][0]["id"] == "3"
+    v2 = tmp_path / "notes-v2"
+    args = ("--out", str(v2), "--no-progress", "--encoder", "minilm-l6", "--precision", "fp32")
+    done = run("index", "reembed", str(out), *args)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(run("index", "info", str(v2), "--json").stdout)
+    assert (info["dtype"], info["rescore"], info["connectivity"]) == ("i8", True, 12)
+    bad = run("index", "build", "--corpus", str(corpus), "--out", str(tmp_path / "x"), "--rescore")
+    assert bad.returncode == 1 and bad.stderr.startswith("twostage: error:")
+    assert "rescore" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_build_refuses_another_encoder_for_an_existing_collection(collection: Path) -> None:
     """A different encoder means re-embedding into a new folder, never a silent no-op."""
     other = run("index", "build", "--corpus", str(collection / "manifest.json"), "--out",

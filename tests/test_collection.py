@@ -215,7 +215,56 @@ def test_manifest(col: Collection) -> None:
     assert m["format"] == "twostage-collection" and m["version"] == 1
     assert m["encoder"]["name"] == "minilm-l6" and m["encoder"]["fingerprint"]
     assert (m["dim"], m["metric"], m["dtype"], m["shards"]) == (384, "cos", "f16", 1)
+    assert m["rescore"] is False and m["connectivity"] == 16
     assert m["documents"] == 120 and m["seq"] == m["index"]["seq"] == 120
+
+
+QUERIES = ["how do I sort a list", "open a file for reading", "regular expressions", "thread pool"]
+
+
+def distance_error(c: Collection) -> float:
+    """The largest gap between a search's distances and the cosine distances of the stored
+    (f16) embeddings: what the index's own arithmetic adds."""
+    worst = 0.0
+    for q in QUERIES:
+        v = c.embed_query(q).astype(np.float64)
+        res = c.index.search(v.astype(np.float32), 10)
+        keys, dist = np.asarray(res.keys).ravel(), np.asarray(res.distances).ravel()
+        e = c.store.embeddings(keys).astype(np.float64)
+        exact = 1 - (e / np.linalg.norm(e, axis=1, keepdims=True)) @ (v / np.linalg.norm(v))
+        worst = max(worst, float(np.abs(exact - dist).max()))
+    return worst
+
+
+def test_i8_with_f16_rescoring(tmp_path: Path, encoder: Encoder, passages: list[Document]) -> None:
+    """An i8 collection that keeps f16 copies answers with the stored embeddings' exact
+    distances, keeps that through a reopen and a read-only view, and says so in its manifest;
+    a plain i8 collection's distances carry the quantisation error."""
+    with Collection.create(tmp_path / "plain", encoder, dtype="i8") as c:
+        c.add(passages)
+        assert distance_error(c) > 1e-3
+    with Collection.create(tmp_path / "r", encoder, dtype="i8", rescore=True, connectivity=12) as c:
+        c.add(passages)
+        assert c.index.rescore and distance_error(c) < 1e-4
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert (m["dtype"], m["rescore"], m["connectivity"]) == ("i8", True, 12)
+    for opts in ({}, {"read_only": True}, {"read_only": True, "view": True}):
+        with Collection.open(tmp_path / "r", encoder, **opts) as again:
+            assert again.index.rescore and again.info()["rescore"], opts
+            assert again.index.read_only == opts.get("view", False), opts  # really mapped
+            assert distance_error(again) < 1e-4, opts
+    # Re-scoring corrects i8 only: refused before anything is written.
+    with pytest.raises(InvalidArgument, match="rescore"):
+        Collection.create(tmp_path / "f16", encoder, dtype="f16", rescore=True)
+    assert not (tmp_path / "f16").exists()
+
+
+def test_manifest_rescore_must_be_a_boolean(col: Collection) -> None:
+    col.close()
+    manifest = col.path / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "rescore": "yes"}))
+    with pytest.raises(CorruptStore, match="rescore must be true or false, not 'yes'"):
+        Collection.open(col.path)
 
 
 def test_corrupt_manifest_and_store_are_named(col: Collection, tmp_path: Path) -> None:

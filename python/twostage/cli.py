@@ -88,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a malformed line: report and skip it, or stop the build",
     )
     b.add_argument("--dtype", default="f16", choices=["f32", "f16", "i8"], help="index storage")
+    b.add_argument(
+        "--rescore",
+        action="store_true",
+        help="with --dtype i8: keep f16 copies in the index file and re-score each search's "
+        "candidates with them (recall as f16's in ~0.6x of its memory)",
+    )
+    b.add_argument("--connectivity", type=int, default=16, help="HNSW M (links per node)")
     b.add_argument("--shards", type=int, default=1)
     b.add_argument("--chunk-size", type=int, default=1024, help="lines per commit")
     b.add_argument("--batch-size", type=int, default=32, help="texts per encoder call")
@@ -509,6 +516,8 @@ def _index_build(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             dtype=args.dtype,
             shards=args.shards,
+            connectivity=args.connectivity,
+            rescore=args.rescore,
             progress=False if args.no_progress else None,
         )
     except KeyboardInterrupt:
@@ -627,7 +636,12 @@ def _index_info(args: argparse.Namespace) -> int:
         ("path", info["path"]),
         ("documents", f"{info['documents']:,} (indexed {info['indexed']:,})"),
         ("encoder", f"{enc['name']} {enc['precision']} (fingerprint {enc['fingerprint']})"),
-        ("index", f"{info['metric']} {info['dtype']} dim={info['dim']} shards={info['shards']}"),
+        (
+            "index",
+            f"{info['metric']} {info['dtype']}"
+            + (" + f16 re-scoring" if info.get("rescore") else "")
+            + f" dim={info['dim']} shards={info['shards']}",
+        ),
         (
             "hnsw",
             f"M={info['connectivity']} efC={info['ef_construction']} ef="

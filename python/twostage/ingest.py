@@ -96,6 +96,8 @@ def build(
     snapshot_every: int = 100_000,
     dtype: str = "f16",
     shards: int = 1,
+    connectivity: int = 16,
+    rescore: bool = False,
     progress: bool | None = None,
     on_chunk: Callable[[int], None] | None = None,
 ) -> IngestReport:
@@ -112,6 +114,8 @@ def build(
             a new ``out``).
         chunk_size: lines per commit: the most a kill can lose.
         snapshot_every: documents between index snapshots (replay on open covers the rest).
+        dtype, shards, connectivity, rescore: the index's settings, as
+            :meth:`Collection.create` takes them (a resumed build keeps the first run's).
         progress: ``False``: silent. Otherwise (the default) progress on stderr per
             encoded batch: a bar on a terminal, elsewhere a line every
             ``$TWOSTAGE_PROGRESS_INTERVAL`` seconds (10) with docs/s and the time left.
@@ -185,6 +189,8 @@ def build(
             encoder,
             dtype=dtype,
             shards=shards,
+            connectivity=connectivity,
+            rescore=rescore,
             meta={
                 "ingest.source": str(src),
                 "ingest.signature": signature,
