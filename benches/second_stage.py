@@ -234,7 +234,7 @@ def fit(a: argparse.Namespace) -> None:
     # many candidates get scored, so the weights must hold at any depth (per-depth fits on
     # 163 dev queries also jumped between unrelated optima from one depth to the next).
     out["weights"] = {}
-    for stage in STAGES:
+    for stage in a.stages.split(","):
         cheap = fit_on_dev(SIGNALS_BY_STAGE[1:], stage=stage)
         out["cheap"][stage] = cheap
         row("cheap fusion alone (no reranker)", stage, 0, 0, cheap=cheap)
@@ -393,6 +393,7 @@ def main() -> None:
     f.add_argument("--lengths", default="96,128")
     f.add_argument("--step", type=float, default=0.1)
     f.add_argument("--json", default=None)
+    f.add_argument("--stages", default=",".join(STAGES), help="first stages to fit")
     f.set_defaults(fn=fit)
     t = sub.add_parser("fit-two", help="a two-length cascade inside the second stage")
     t.add_argument("state", type=Path)
