@@ -241,7 +241,7 @@ def test_the_deadline_holds_when_the_replica_is_busy(
     one_replica: Any, col: Collection, shipped: Reranker
 ) -> None:
     """A replica busy with long requests (real ones, 1 thread) cannot score a 60 ms search's
-    pairs: the scorer returns at the deadline (plus its 5 ms grace), the pairs unscored with
+    100 pairs: the scorer returns at the deadline (plus its 5 ms grace), the pairs unscored with
     a budget or timeout reason; through the engine, a degraded first-stage-order answer."""
     scorer = RayScorer(one_replica)
     big, _ = pairs_for(shipped, col, QUERIES[3], 60)
@@ -256,16 +256,18 @@ def test_the_deadline_holds_when_the_replica_is_busy(
         t.start()
     try:
         time.sleep(0.5)  # the replica's queue is full of them now
-        small, _ = pairs_for(shipped, col, QUERIES[4], 30)
+        # 100 pairs: more than one thread can score in 60 ms even when it takes them first
+        # (30 pairs at the shipped 64 tokens sometimes fit, and then nothing was late).
+        small, _ = pairs_for(shipped, col, QUERIES[4], 100)
         for _ in range(3):
             t0 = time.perf_counter()
             got, reason = scorer.score_pairs(shipped, small, t0 + 0.060, 0.0)
             took = (time.perf_counter() - t0) * 1000.0
             assert took < 60 + 5 + 100, took  # at the deadline, not after the work
             assert reason is not None and reason.startswith(("budget", "timeout")), reason
-            assert len(got) < 30
+            assert len(got) < len(small.ids)
         eng = Engine(col, reranker=shipped, config=EngineConfig(first_stage="dense"), scorer=scorer)
-        resp = eng.search(QUERIES[4], k=10, depth=30, budget_ms=100)
+        resp = eng.search(QUERIES[4], k=10, depth=100, budget_ms=100)
         assert resp.degraded and (resp.degraded_reason or "").startswith(("budget", "timeout"))
         assert resp.timings.total < 100 + 100 and len(resp.hits) == 10
         assert {h.reranker_version for h in resp.hits if h.reranked} <= {shipped.version}
