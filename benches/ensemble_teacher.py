@@ -116,8 +116,7 @@ def recover(out: Path) -> None:
               str(out / "model.safetensors"))  # fmt: skip
     cfg = CrossEncoderConfig(num_hidden_layers=n_layers, twostage_pooling="mean")
     (out / "config.json").write_text(json.dumps(cfg.to_hf(), indent=2))
-    for f in ("tokenizer.json",):
-        (out / f).write_bytes((SHIPPED / f).read_bytes())
+    (out / "tokenizer.json").write_bytes((SHIPPED / "tokenizer.json").read_bytes())
     _check(out)
 
 
@@ -167,19 +166,15 @@ def _terms(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
-def _z(x: np.ndarray) -> np.ndarray:
-    sd = x.std()
-    return (x - x.mean()) / sd if sd > 1e-9 else np.zeros_like(x)
-
-
 def score(mined: Path, out: Path, weights: tuple[float, float, float], neg_pool: int) -> None:
     from twostage.encoder import Encoder
+    from twostage.fusion import fuse_signals
     from twostage.reranker import Reranker
     from twostage.train.mine import iter_jsonl, write_jsonl
 
     rr = Reranker.load(str(SHIPPED)).at_length(128)
     enc = Encoder.load("minilm-l6")
-    a, b, c = weights
+    w = dict(zip(("reranker", "dense", "bm25"), weights, strict=True))
     out.mkdir(parents=True, exist_ok=True)
     for path in sorted(mined.glob("*.jsonl")):
         if path.name.startswith("dev") or (out / path.name).is_file():
@@ -217,16 +212,15 @@ def score(mined: Path, out: Path, weights: tuple[float, float, float], neg_pool:
                 tf = Counter(_terms(d))
                 norm = 0.9 * (1 - 0.4 + 0.4 * lens[d] / avg)
                 bm.append(sum(idf.get(t, 0) * tf[t] * 1.9 / (tf[t] + norm) for t in qt if tf[t]))
-            fused = a * _z(logit) + b * _z(cos) + c * _z(np.asarray(bm))
+            # The engine's own fusion (z-scores over this row's list), with its signal names.
+            fused = fuse_signals({"reranker": logit, "dense": cos, "bm25": np.asarray(bm)}, w)
             target = fused * max(logit.std(), 1e-3)
             scored.append(
                 {**r, "negatives": docs[1:], "teacher": [round(float(x), 5) for x in target]}
             )
         write_jsonl(scored, out / path.name)
         print(f"{path.name}: scored in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    (out / "ensemble.json").write_text(
-        json.dumps({"teacher": "ensemble", "weights": {"logit": a, "cos": b, "bm25": c}})
-    )
+    (out / "ensemble.json").write_text(json.dumps({"teacher": "ensemble", "weights": w}))
 
 
 def main() -> None:
