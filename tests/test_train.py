@@ -350,6 +350,83 @@ def test_distill_student_learns_the_teachers_margins(trained: dict) -> None:
     assert loss() < 0.5 * before
 
 
+@needs_torch
+def test_random_negatives_come_from_the_rows_source_never_its_positive(tmp_path: Path) -> None:
+    from twostage.train.reranker import passages_by_source, step_batch
+
+    rows = _groups(6, 3)
+    other = [dict(r, source="u", positive=r["positive"] + " (u)") for r in _groups(2, 3, seed=5)]
+    rows += other
+    passages = passages_by_source(rows)
+    assert set(passages) == {"t", "u"}
+    cfg = _cfg(tmp_path, rows, steps=1, batch=8, negatives=5)
+    cfg.negatives_from = "random"
+    hard_cfg = _cfg(tmp_path, rows, steps=1, batch=8, negatives=5)
+    drawn = 0
+    for step in range(6):
+        pairs, teacher = step_batch(rows, step, cfg, passages)
+        assert teacher is None and len(pairs) == 8 * 6
+        for g in range(8):
+            (q, pos), *negs = pairs[g * 6 : (g + 1) * 6]
+            (row,) = [r for r in rows if r["query"] == q and r["positive"] == pos]
+            pool = set(passages[row["source"]])
+            assert all(d in pool and d != pos for _, d in negs)
+            drawn += sum(d not in row["negatives"] for _, d in negs)
+        hard, _ = step_batch(rows, step, hard_cfg)
+        assert [p[0] for p in hard] == [p[0] for p in pairs]  # the same rows, in order
+    assert drawn > 0  # not the mined list under another name
+    with pytest.raises(ValueError, match="passages of each source"):
+        step_batch(rows, 0, cfg)
+
+
+@needs_torch
+def test_pointwise_loss_is_binary_cross_entropy_with_the_positive_first() -> None:
+    import torch
+    from twostage.train.reranker import pointwise_loss
+
+    s = torch.tensor([3.0, -1.0, 0.5, 2.0, 2.0, -4.0])
+    want = (
+        -(
+            np.log(1 / (1 + np.exp(-3.0)))
+            + np.log(1 - 1 / (1 + np.exp(1.0)))
+            + np.log(1 - 1 / (1 + np.exp(-0.5)))
+            + np.log(1 / (1 + np.exp(-2.0)))
+            + np.log(1 - 1 / (1 + np.exp(-2.0)))
+            + np.log(1 - 1 / (1 + np.exp(4.0)))
+        )
+        / 6
+    )
+    assert float(pointwise_loss(s, 3)) == pytest.approx(want, rel=1e-5)
+    # Unlike the listwise loss, it moves when every score in a group shifts together.
+    from twostage.train.reranker import listwise_loss
+
+    assert float(listwise_loss(s + 5, 3)) == pytest.approx(float(listwise_loss(s, 3)), rel=1e-5)
+    assert float(pointwise_loss(s + 5, 3)) != pytest.approx(float(pointwise_loss(s, 3)), rel=1e-3)
+
+
+@needs_torch
+def test_a_few_pointwise_steps_on_random_negatives_train(tmp_path: Path) -> None:
+    import torch
+    from twostage.train.reranker import Trainer, pointwise_loss, score_pairs
+
+    rows = _groups(4, 3)
+    cfg = _cfg(tmp_path, rows, layers=[0], steps=12, batch=4, lr=1e-3, dropout=0.0, max_length=64)
+    cfg.loss, cfg.negatives_from, cfg.negatives = "pointwise", "random", 3
+    tr = Trainer(cfg)
+    fixed = [(r["query"], d) for r in rows for d in [r["positive"], *r["negatives"]]]
+
+    def loss() -> float:
+        return float(pointwise_loss(torch.from_numpy(score_pairs(tr.model, tr.packer, fixed)), 4))
+
+    before = loss()
+    for _ in range(cfg.steps):
+        tr.train_step()
+    assert loss() < before - 0.1, (before, loss())
+    cfg.loss = "pairwise"
+    with pytest.raises(ValueError, match="unknown loss 'pairwise'"):
+        tr.train_step()
+
+
 def test_first_stage_cache_is_keyed_by_the_texts(tmp_path: Path) -> None:
     """The same ids with other words must not read vectors cached for the first words."""
     from twostage.train.evaluate import first_stage

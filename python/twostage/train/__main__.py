@@ -87,6 +87,8 @@ def _train_config(a: argparse.Namespace) -> Any:
         repeat=_repeat(a.repeat or []),
         device=a.device,
         freeze_embeddings=not a.train_embeddings,
+        loss=getattr(a, "loss", "listwise"),
+        negatives_from=getattr(a, "negatives_from", "hard"),
     )
 
 
@@ -309,6 +311,18 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("reranker", help="train a cross-encoder (listwise) on mined JSONL")
     training_args(r)
     r.add_argument("--layers", default=None, help="keep these layers, e.g. 0,1,2")
+    r.add_argument(
+        "--loss",
+        default="listwise",
+        choices=["listwise", "pointwise"],
+        help="softmax over each group, or binary cross-entropy per pair",
+    )
+    r.add_argument(
+        "--negatives-from",
+        default="hard",
+        choices=["hard", "random"],
+        help="the mined negatives, or any passage of the row's source (an ablation)",
+    )
     r.set_defaults(fn=cmd_reranker)
 
     d = sub.add_parser("distill", help="train a smaller student on a teacher's margins")

@@ -108,9 +108,15 @@ class TrainConfig:
     batch: int = 4  # groups per step
     negatives: int = 7  # per group
     neg_pool: int = 20  # sample negatives from this many hardest
+    # "hard": the mined list; "random": any passage of the row's own source other than its
+    # positive (the ablation of mining itself; a row's mined negatives are not preferred).
+    negatives_from: str = "hard"
     max_length: int = 192
     lr: float = 7e-5
-    loss: str = "listwise"  # or "margin_mse" (rows with teacher scores: distillation)
+    # "listwise" (softmax over the group), "pointwise" (binary cross-entropy per pair, the
+    # loss of sentence-transformers' CrossEncoder.fit), or "margin_mse" (rows with teacher
+    # scores: distillation)
+    loss: str = "listwise"
     # "mean" pools the last layer like the bi-encoder it starts from, so the head sees
     # features that differ from pair to pair at step 0; MiniLM's [CLS] does not (it was
     # trained with mean pooling): a "cls" run sat at log(1 + negatives) for 40+ steps.
@@ -168,18 +174,61 @@ def group_indices(n_rows: int, step: int, batch: int, seed: int) -> list[int]:
     return out
 
 
+def passages_by_source(rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Every distinct passage the rows of each source name, positive or negative, in first-seen
+    order: the pool random negatives come from."""
+    seen: dict[str, dict[str, None]] = {}
+    for r in rows:
+        d = seen.setdefault(r["source"], {})
+        d[r["positive"]] = None
+        for n in r["negatives"]:
+            d[n] = None
+    return {k: list(v) for k, v in seen.items()}
+
+
+def random_negatives(
+    row: dict[str, Any], passages: Sequence[str], k: int, rng: np.random.Generator
+) -> list[str]:
+    """``k`` passages of the row's source drawn uniformly, never the row's own positive."""
+    if len(passages) < 2:
+        raise ValueError(f"source {row['source']!r} has too few passages for random negatives")
+    out: list[str] = []
+    while len(out) < k:
+        p = passages[int(rng.integers(len(passages)))]
+        if p != row["positive"]:
+            out.append(p)
+    return out
+
+
 def step_batch(
-    rows: list[dict[str, Any]], step: int, cfg: TrainConfig
+    rows: list[dict[str, Any]],
+    step: int,
+    cfg: TrainConfig,
+    passages: dict[str, list[str]] | None = None,
 ) -> tuple[list[tuple[str, str]], np.ndarray | None]:
     """The (query, document) pairs of a step, group by group, positive first, and the
     teacher's scores for them ([groups, 1 + negatives]) where the rows carry ``teacher``
     (one score for the positive, then one per negative, as :mod:`twostage.train.distill`
-    writes them)."""
+    writes them). With ``cfg.negatives_from == "random"`` the negatives come from
+    ``passages`` (:func:`passages_by_source`) instead of the mined list."""
     rng = np.random.default_rng([cfg.seed, 1_000_003, step])
     pairs: list[tuple[str, str]] = []
     teacher: list[list[float]] = []
+    if cfg.negatives_from not in ("hard", "random"):
+        raise ValueError(f"negatives_from must be 'hard' or 'random', not {cfg.negatives_from!r}")
     for i in group_indices(len(rows), step, cfg.batch, cfg.seed):
         r = rows[i]
+        if cfg.negatives_from == "random":
+            if "teacher" in r:
+                raise ValueError("random negatives have no teacher scores: use 'hard'")
+            if passages is None:
+                raise ValueError("random negatives need the passages of each source")
+            pairs.append((r["query"], r["positive"]))
+            pairs.extend(
+                (r["query"], p)
+                for p in random_negatives(r, passages[r["source"]], cfg.negatives, rng)
+            )
+            continue
         pool = r["negatives"][: cfg.neg_pool]
         if "teacher" in r:
             pool = pool[: len(r["teacher"]) - 1]
@@ -204,6 +253,16 @@ def margin_mse_loss(logits: torch.Tensor, teacher: torch.Tensor, group: int) -> 
     s = logits.float().view(-1, group)
     t = teacher.float().view(-1, group)
     return F.mse_loss(s[:, :1] - s[:, 1:], t[:, :1] - t[:, 1:])
+
+
+def pointwise_loss(logits: torch.Tensor, group: int) -> torch.Tensor:
+    """Binary cross-entropy per pair: 1 for each group's first (the positive), 0 for the rest.
+    Each pair is judged alone, so scores are calibrated across queries but not ranked within
+    one: the ablation against :func:`listwise_loss`."""
+    s = logits.float().view(-1, group)
+    labels = torch.zeros_like(s)
+    labels[:, 0] = 1.0
+    return F.binary_cross_entropy_with_logits(s, labels)
 
 
 def listwise_loss(logits: torch.Tensor, group: int) -> torch.Tensor:
@@ -252,6 +311,7 @@ class Trainer(Checkpoints):
         self.rows = load_groups(cfg.data, cfg.repeat)
         if not self.rows:
             raise ValueError(f"no training rows with negatives in {cfg.data}")
+        self.passages = passages_by_source(self.rows) if cfg.negatives_from == "random" else None
         self.step = 0
         torch.manual_seed(cfg.seed)
 
@@ -259,7 +319,7 @@ class Trainer(Checkpoints):
     def train_step(self) -> float:
         self.model.train()
         cfg = self.cfg
-        pairs, teacher = step_batch(self.rows, self.step, cfg)
+        pairs, teacher = step_batch(self.rows, self.step, cfg, self.passages)
         feats = {k: v.to(self.device) for k, v in self.packer.batch(pairs).items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = self.model(**feats)
@@ -268,8 +328,12 @@ class Trainer(Checkpoints):
                 raise ValueError("loss 'margin_mse' needs rows with teacher scores (distill)")
             t = torch.from_numpy(teacher).to(self.device)
             loss = margin_mse_loss(logits, t, 1 + cfg.negatives)
-        else:
+        elif cfg.loss == "pointwise":
+            loss = pointwise_loss(logits, 1 + cfg.negatives)
+        elif cfg.loss == "listwise":
             loss = listwise_loss(logits, 1 + cfg.negatives)
+        else:
+            raise ValueError(f"unknown loss {cfg.loss!r}: listwise, pointwise or margin_mse")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -385,6 +449,9 @@ __all__ = [
     "listwise_eval",
     "listwise_loss",
     "margin_mse_loss",
+    "passages_by_source",
+    "pointwise_loss",
+    "random_negatives",
     "score_pairs",
     "step_batch",
     "step_pairs",
