@@ -13,6 +13,7 @@ hybrid alone, and the ablation without the reranker (what the logit itself adds)
 
     python benches/second_stage.py collect --mined MINED --out ss.pkl
     python benches/second_stage.py fit ss.pkl --json ss-fit.json > ss-fit.md
+    python benches/second_stage.py logit ss.pkl     # what the logit alone adds to the defaults
 
 ``MINED`` is the mining output (``python -m twostage.train mine --sets scifact --bm25``) that
 says which SciFact train queries were trained on (TRAINING.md).
@@ -350,6 +351,61 @@ def fit_two(a: argparse.Namespace) -> None:
         Path(a.json).write_text(json.dumps(out, indent=1))
 
 
+def logit_adds(a: argparse.Namespace) -> None:
+    """What the model's logit adds on its own: the model's twostage.json pipeline (cheap
+    order, its steps) against the same cheap order with no model, query by query, paired t
+    and randomisation tests. The weights are the shipped ones, fitted on dev; nothing is fitted
+    here. The gain of the whole second stage over hybrid alone includes the cheap fusion of
+    the first-stage signals; this is the part only the cross-encoder brings."""
+    state = pickle.loads(a.state.read_bytes())
+    model = Reranker.load(a.model)
+    cheap_all, weights = model.fusion_cheap, model.fusion_signals
+    if not cheap_all or not weights:
+        raise SystemExit(f"{a.model}: no signals fusion with cheap weights in its twostage.json")
+    stage = a.stage
+    d = model.defaults
+    steps = [(int(d.get("max_length", model.max_length)), int(d["depth"]), weights[stage])]
+    refine = model.fusion_refine
+    if refine is not None:
+        steps.append((refine.max_length, refine.depth, refine.weights[stage]))
+    missing = [
+        n for n, _, _ in steps if n not in next(iter(state["dev"]["queries"].values()))["logits"]
+    ]
+    if missing:
+        raise SystemExit(f"{a.state}: no logits at {missing} tokens (collect --lengths)")
+    cols = ["dev", "scifact", *OOD]
+    cells: dict[str, list[str]] = {
+        "hybrid alone": [],
+        "cheap fusion alone": [],
+        "the model's steps": [],
+    }
+    delta: list[str] = []
+    for c in cols:
+        st = state[c]
+
+        def score(run: dict[str, list[str]], st: dict[str, Any] = st) -> dict[str, float]:
+            return per_query(st["qrels"], run, ("nDCG@10",))["nDCG@10"]
+
+        hyb = score(ranking(st, "hybrid"))
+        alone = score(ranking(st, stage, cheap=cheap_all[stage]))
+        full = score(ranking(st, stage, cheap=cheap_all[stage], steps=steps))
+        t = paired_test(alone, full, resamples=a.resamples)
+        mean = {
+            k: float(np.mean(list(v.values()))) for k, v in (("h", hyb), ("a", alone), ("f", full))
+        }
+        cells["hybrid alone"].append(f"{mean['h']:.4f}")
+        cells["cheap fusion alone"].append(f"{mean['a']:.4f}")
+        cells["the model's steps"].append(f"{mean['f']:.4f}")
+        delta.append(f"{mean['f'] - mean['a']:+.4f} ({t.p_ttest:.3f} / {t.p_randomization:.3f})")
+    steps_s = ", then ".join(f"{d} at {n} tokens" for n, d, _ in steps)
+    print(f"\n### What {model.version}'s logit adds over the {stage} signals ({steps_s})\n")
+    print("| | " + " | ".join(cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for label, row in cells.items():
+        print(f"| {label} | " + " | ".join(row) + " |")
+    print("| the logit's part: Δ (p t-test / p randomisation) | " + " | ".join(delta) + " |")
+
+
 def markdown(out: dict[str, Any], cols: list[str]) -> str:
     lines = [
         "| first stage | tokens | depth | signals | "
@@ -407,6 +463,14 @@ def main() -> None:
     t.add_argument("--stages", default="hybrid", help="first stages to fit, e.g. dense,bm25,hybrid")
     t.add_argument("--json", default=None)
     t.set_defaults(fn=fit_two)
+    g = sub.add_parser("logit", help="what the model's logit adds over its cheap fusion")
+    g.add_argument("state", type=Path)
+    g.add_argument(
+        "--model", default="twostage-rerank", help="the model whose logits were collected"
+    )
+    g.add_argument("--stage", default="hybrid")
+    g.add_argument("--resamples", type=int, default=5000)
+    g.set_defaults(fn=logit_adds)
     a = ap.parse_args()
     a.fn(a)
 
