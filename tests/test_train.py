@@ -351,31 +351,38 @@ def test_distill_student_learns_the_teachers_margins(trained: dict) -> None:
 
 
 @needs_torch
-def test_random_negatives_come_from_the_rows_source_never_its_positive(tmp_path: Path) -> None:
-    from twostage.train.reranker import passages_by_source, step_batch
+def test_random_negatives_come_from_the_rows_source_never_a_positive(tmp_path: Path) -> None:
+    from twostage.train.reranker import RandomPool, step_batch
 
     rows = _groups(6, 3)
+    for i, r in enumerate(rows):
+        r["qid"] = str(i)
+    # A query with two judged positives: two rows, and neither may be the other's negative.
+    rows.append(dict(rows[0], positive=rows[1]["positive"]))
     other = [dict(r, source="u", positive=r["positive"] + " (u)") for r in _groups(2, 3, seed=5)]
+    for i, r in enumerate(other):
+        r["qid"] = f"u{i}"
     rows += other
-    passages = passages_by_source(rows)
-    assert set(passages) == {"t", "u"}
-    cfg = _cfg(tmp_path, rows, steps=1, batch=8, negatives=5)
+    pool = RandomPool.of(rows)
+    assert set(pool.passages) == {"t", "u"}
+    assert pool.positives[("t", "0")] == {rows[0]["positive"], rows[1]["positive"]}
+    cfg = _cfg(tmp_path, rows, steps=1, batch=9, negatives=5)
     cfg.negatives_from = "random"
-    hard_cfg = _cfg(tmp_path, rows, steps=1, batch=8, negatives=5)
+    hard_cfg = _cfg(tmp_path, rows, steps=1, batch=9, negatives=5)
     drawn = 0
-    for step in range(6):
-        pairs, teacher = step_batch(rows, step, cfg, passages)
-        assert teacher is None and len(pairs) == 8 * 6
-        for g in range(8):
+    for step in range(8):
+        pairs, teacher = step_batch(rows, step, cfg, pool)
+        assert teacher is None and len(pairs) == 9 * 6
+        for g in range(9):
             (q, pos), *negs = pairs[g * 6 : (g + 1) * 6]
-            (row,) = [r for r in rows if r["query"] == q and r["positive"] == pos]
-            pool = set(passages[row["source"]])
-            assert all(d in pool and d != pos for _, d in negs)
+            row = next(r for r in rows if r["query"] == q and r["positive"] == pos)
+            avoid = {r["positive"] for r in rows if r["qid"] == row["qid"]}
+            assert all(d in pool.passages[row["source"]] and d not in avoid for _, d in negs)
             drawn += sum(d not in row["negatives"] for _, d in negs)
         hard, _ = step_batch(rows, step, hard_cfg)
         assert [p[0] for p in hard] == [p[0] for p in pairs]  # the same rows, in order
     assert drawn > 0  # not the mined list under another name
-    with pytest.raises(ValueError, match="passages of each source"):
+    with pytest.raises(ValueError, match="RandomPool"):
         step_batch(rows, 0, cfg)
 
 

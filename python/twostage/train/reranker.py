@@ -174,43 +174,55 @@ def group_indices(n_rows: int, step: int, batch: int, seed: int) -> list[int]:
     return out
 
 
-def passages_by_source(rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
-    """Every distinct passage the rows of each source name, positive or negative, in first-seen
-    order: the pool random negatives come from."""
-    seen: dict[str, dict[str, None]] = {}
-    for r in rows:
-        d = seen.setdefault(r["source"], {})
-        d[r["positive"]] = None
-        for n in r["negatives"]:
-            d[n] = None
-    return {k: list(v) for k, v in seen.items()}
+@dataclass
+class RandomPool:
+    """What random negatives are drawn from: every distinct passage the rows of each source
+    name (positive or negative, first-seen order), and each query's judged positives, which
+    are never drawn as its negatives."""
 
+    passages: dict[str, list[str]]
+    positives: dict[tuple[str, str], set[str]]
 
-def random_negatives(
-    row: dict[str, Any], passages: Sequence[str], k: int, rng: np.random.Generator
-) -> list[str]:
-    """``k`` passages of the row's source drawn uniformly, never the row's own positive."""
-    if len(passages) < 2:
-        raise ValueError(f"source {row['source']!r} has too few passages for random negatives")
-    out: list[str] = []
-    while len(out) < k:
-        p = passages[int(rng.integers(len(passages)))]
-        if p != row["positive"]:
-            out.append(p)
-    return out
+    @classmethod
+    def of(cls, rows: Sequence[dict[str, Any]]) -> RandomPool:
+        seen: dict[str, dict[str, None]] = {}
+        positives: dict[tuple[str, str], set[str]] = {}
+        for r in rows:
+            d = seen.setdefault(r["source"], {})
+            d[r["positive"]] = None
+            for n in r["negatives"]:
+                d[n] = None
+            positives.setdefault((r["source"], str(r.get("qid", r["query"]))), set()).add(
+                r["positive"]
+            )
+        return cls({k: list(v) for k, v in seen.items()}, positives)
+
+    def draw(self, row: dict[str, Any], k: int, rng: np.random.Generator) -> list[str]:
+        """``k`` passages of the row's source drawn uniformly, never one of its query's
+        positives."""
+        passages = self.passages[row["source"]]
+        avoid = self.positives[(row["source"], str(row.get("qid", row["query"])))]
+        if len(passages) <= len(avoid):
+            raise ValueError(f"source {row['source']!r} has too few passages for random negatives")
+        out: list[str] = []
+        while len(out) < k:
+            p = passages[int(rng.integers(len(passages)))]
+            if p not in avoid:
+                out.append(p)
+        return out
 
 
 def step_batch(
     rows: list[dict[str, Any]],
     step: int,
     cfg: TrainConfig,
-    passages: dict[str, list[str]] | None = None,
+    pool: RandomPool | None = None,
 ) -> tuple[list[tuple[str, str]], np.ndarray | None]:
     """The (query, document) pairs of a step, group by group, positive first, and the
     teacher's scores for them ([groups, 1 + negatives]) where the rows carry ``teacher``
     (one score for the positive, then one per negative, as :mod:`twostage.train.distill`
-    writes them). With ``cfg.negatives_from == "random"`` the negatives come from
-    ``passages`` (:func:`passages_by_source`) instead of the mined list."""
+    writes them). With ``cfg.negatives_from == "random"`` the negatives are drawn from
+    ``pool`` instead of the mined list."""
     rng = np.random.default_rng([cfg.seed, 1_000_003, step])
     pairs: list[tuple[str, str]] = []
     teacher: list[list[float]] = []
@@ -221,20 +233,17 @@ def step_batch(
         if cfg.negatives_from == "random":
             if "teacher" in r:
                 raise ValueError("random negatives have no teacher scores: use 'hard'")
-            if passages is None:
-                raise ValueError("random negatives need the passages of each source")
+            if pool is None:
+                raise ValueError("random negatives need a RandomPool of the rows")
             pairs.append((r["query"], r["positive"]))
-            pairs.extend(
-                (r["query"], p)
-                for p in random_negatives(r, passages[r["source"]], cfg.negatives, rng)
-            )
+            pairs.extend((r["query"], p) for p in pool.draw(r, cfg.negatives, rng))
             continue
-        pool = r["negatives"][: cfg.neg_pool]
+        hard = r["negatives"][: cfg.neg_pool]
         if "teacher" in r:
-            pool = pool[: len(r["teacher"]) - 1]
-        take = rng.choice(len(pool), size=cfg.negatives, replace=len(pool) < cfg.negatives)
+            hard = hard[: len(r["teacher"]) - 1]
+        take = rng.choice(len(hard), size=cfg.negatives, replace=len(hard) < cfg.negatives)
         pairs.append((r["query"], r["positive"]))
-        pairs.extend((r["query"], pool[j]) for j in take)
+        pairs.extend((r["query"], hard[j]) for j in take)
         if "teacher" in r:
             teacher.append([r["teacher"][0], *(r["teacher"][1 + j] for j in take)])
     if teacher and len(teacher) != cfg.batch:
@@ -311,7 +320,7 @@ class Trainer(Checkpoints):
         self.rows = load_groups(cfg.data, cfg.repeat)
         if not self.rows:
             raise ValueError(f"no training rows with negatives in {cfg.data}")
-        self.passages = passages_by_source(self.rows) if cfg.negatives_from == "random" else None
+        self.random_pool = RandomPool.of(self.rows) if cfg.negatives_from == "random" else None
         self.step = 0
         torch.manual_seed(cfg.seed)
 
@@ -319,7 +328,7 @@ class Trainer(Checkpoints):
     def train_step(self) -> float:
         self.model.train()
         cfg = self.cfg
-        pairs, teacher = step_batch(self.rows, self.step, cfg, self.passages)
+        pairs, teacher = step_batch(self.rows, self.step, cfg, self.random_pool)
         feats = {k: v.to(self.device) for k, v in self.packer.batch(pairs).items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = self.model(**feats)
@@ -443,15 +452,14 @@ def listwise_eval(
 
 __all__ = [
     "Packer",
+    "RandomPool",
     "TrainConfig",
     "Trainer",
     "default_init",
     "listwise_eval",
     "listwise_loss",
     "margin_mse_loss",
-    "passages_by_source",
     "pointwise_loss",
-    "random_negatives",
     "score_pairs",
     "step_batch",
     "step_pairs",
