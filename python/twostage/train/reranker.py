@@ -192,16 +192,14 @@ class RandomPool:
             d[r["positive"]] = None
             for n in r["negatives"]:
                 d[n] = None
-            positives.setdefault((r["source"], str(r.get("qid", r["query"]))), set()).add(
-                r["positive"]
-            )
+            positives.setdefault(_query_key(r), set()).add(r["positive"])
         return cls({k: list(v) for k, v in seen.items()}, positives)
 
     def draw(self, row: dict[str, Any], k: int, rng: np.random.Generator) -> list[str]:
         """``k`` passages of the row's source drawn uniformly, never one of its query's
         positives."""
         passages = self.passages[row["source"]]
-        avoid = self.positives[(row["source"], str(row.get("qid", row["query"])))]
+        avoid = self.positives[_query_key(row)]
         if len(passages) <= len(avoid):
             raise ValueError(f"source {row['source']!r} has too few passages for random negatives")
         out: list[str] = []
@@ -210,6 +208,11 @@ class RandomPool:
             if p not in avoid:
                 out.append(p)
         return out
+
+
+def _query_key(row: dict[str, Any]) -> tuple[str, str]:
+    # Rows of one query (one per judged positive) share its qid; rows without one, its text.
+    return row["source"], str(row.get("qid", row["query"]))
 
 
 def step_batch(
@@ -230,19 +233,18 @@ def step_batch(
         raise ValueError(f"negatives_from must be 'hard' or 'random', not {cfg.negatives_from!r}")
     for i in group_indices(len(rows), step, cfg.batch, cfg.seed):
         r = rows[i]
+        pairs.append((r["query"], r["positive"]))
         if cfg.negatives_from == "random":
             if "teacher" in r:
                 raise ValueError("random negatives have no teacher scores: use 'hard'")
             if pool is None:
                 raise ValueError("random negatives need a RandomPool of the rows")
-            pairs.append((r["query"], r["positive"]))
             pairs.extend((r["query"], p) for p in pool.draw(r, cfg.negatives, rng))
             continue
         hard = r["negatives"][: cfg.neg_pool]
         if "teacher" in r:
             hard = hard[: len(r["teacher"]) - 1]
         take = rng.choice(len(hard), size=cfg.negatives, replace=len(hard) < cfg.negatives)
-        pairs.append((r["query"], r["positive"]))
         pairs.extend((r["query"], hard[j]) for j in take)
         if "teacher" in r:
             teacher.append([r["teacher"][0], *(r["teacher"][1 + j] for j in take)])
