@@ -294,16 +294,64 @@ def test_search_while_other_threads_add_and_remove() -> None:
     # While writers churn the graph (upserts reuse freed slots), a walk can transiently
     # miss: measured 93-100% self-hits per run here. After the writes, it must be exact.
     assert self_hits[1] > 0 and self_hits[0] >= 0.9 * self_hits[1], self_hits
-    # After the writes: every untouched vector is intact, and the graph still finds them.
-    # (An approximate index may miss a handful after heavy concurrent churn: one CI run here
-    # missed some of 1,000, so the floor is 0.99, not 1.)
+    # After the writes: every untouched vector is intact, and the graph still finds them all.
+    # (Before the vendored usearch formed a node's own links on every level before linking
+    # others to it, parallel adds stranded a few: 4 of 100 runs of this churn found under
+    # 99.5 %, one CI run 98.6 %. Since, 0 misses in 350 runs, 150 of them beside a CPU hog.)
     np.testing.assert_allclose(index.get(np.arange(1000)), base[:1000], atol=1e-6)
     after = index.search(base[:1000], 5, ef=128)
-    found_self = float((after.keys[:, 0] == np.arange(1000)).mean())
-    print(f"self-hits during churn {self_hits}, after {found_self:.4f}")
-    assert found_self >= 0.99
+    missed = np.flatnonzero(after.keys[:, 0] != np.arange(1000))
+    print(f"self-hits during churn {self_hits}, after: {1000 - len(missed)} of 1000")
+    assert len(missed) == 0, f"untouched keys no longer found first: {missed.tolist()}"
     assert len(index) == 2000 + 16 * 125
     assert all(k in index for k in stable)
+
+
+def test_a_parallel_build_leaves_no_vector_unreachable() -> None:
+    """Adds on two threads must link every vector into the graph, as one thread does.
+
+    A node's links used to be formed level by level, each followed by the links to it: a
+    concurrent add could reach it on an upper level, meet its still-empty lower list, link
+    only to it, and lose that link when the list was formed. That stranded a vector in 15 of
+    20 such builds (connectivity 16, 4,000 vectors in batches of 200); none since.
+    """
+    n, dim = 4000, 32
+    for seed in range(6):
+        base = clustered_vectors(n, dim, seed=seed)
+        index = Index(dim, threads=2)
+        for start in range(0, n, 200):
+            index.add(np.arange(start, start + 200), base[start : start + 200])
+        first = index.search(base, 1, ef=256).keys[:, 0]
+        stranded = np.flatnonzero(first != np.arange(n))
+        assert len(stranded) == 0, f"seed {seed}: keys not found first {stranded.tolist()}"
+
+
+def test_recall_holds_as_a_collection_is_updated() -> None:
+    """Upserts reuse the slots of replaced vectors; the graph must not decay with them.
+
+    Each round moves a random 30 % of 5,000 keys to new vectors (ten rounds: three full
+    turnovers). Reusing a slot drops the node's old links; the vendored usearch re-links its
+    old neighbours among themselves first. Without that, recall@10 fell by 0.031 on average
+    over these three seeds (0.029 without it in a build with the parallel-add fix alone);
+    with it, by 0.013.
+    """
+    n, dim, drops = 5000, 64, []
+    for seed in range(3):
+        pool = clustered_vectors(n * 4, dim, seed=seed)
+        rng = np.random.default_rng(seed)
+        vectors, unused = pool[:n].copy(), n
+        index = Index(dim, threads=2)
+        index.add(np.arange(n), vectors)
+        qs = pool[rng.integers(0, len(pool), 300)]
+        fresh = recall(index.search(qs, 10, ef=64).keys, brute_force(vectors, qs, 10))
+        for _ in range(10):
+            keys = rng.choice(n, n * 3 // 10, replace=False)
+            vectors[keys] = pool[unused : unused + len(keys)]
+            unused += len(keys)
+            index.add(keys, vectors[keys])
+        drops.append(fresh - recall(index.search(qs, 10, ef=64).keys, brute_force(vectors, qs, 10)))
+    print(f"recall@10 drops after three turnovers: {drops}")
+    assert float(np.mean(drops)) <= 0.02, drops
 
 
 def test_search_releases_the_gil() -> None:

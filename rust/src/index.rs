@@ -1954,9 +1954,12 @@ mod tests {
                     // HNSW does not promise every node is reachable, whatever `ef`:
                     // - with connectivity 2-4 its neighbour pruning can leave a small graph
                     //   disconnected (up to a quarter of searches at 2 with ip);
-                    // - usearch removes (and upserts) in place without repairing links, so a
-                    //   node whose in-links all ran through a removed or replaced node is
-                    //   stranded (seen at connectivity 8, f32 and f16, l2 and ip);
+                    // - an upsert reuses a removed node's slot: its old neighbours are
+                    //   re-linked among themselves (the vendored usearch's
+                    //   `repair_links_around_`), but a node that linked it from outside its
+                    //   list still points to its new place, so a node whose in-links all ran
+                    //   through it can be stranded (seen, before that repair, at connectivity 8,
+                    //   f32 and f16, l2 and ip);
                     // - i8 storage normalises vectors (usearch's cast), so low-dimensional
                     //   data turns into duplicates, which the pruning links sparsely.
                     // Exact where none of these applies; the invariants above everywhere.

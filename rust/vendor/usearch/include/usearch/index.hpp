@@ -3470,17 +3470,29 @@ class index_gt {
             value, metric, prefetch,                      //
             entry_slot_copy, max_level_copy, new_target_level, context);
 
-        // From `new_target_level` down - perform proper extensive search
+        // From `new_target_level` down - perform proper extensive search. The node's own links
+        // are formed on every level before any node links to it: once a walk can reach it on an
+        // upper level, a concurrent insertion descending through it would otherwise meet its
+        // still-empty lower list, link only to it, and lose that link when the list is formed.
         for (level_t level = (std::min)(new_target_level, max_level_copy); level >= 0; --level) {
             // TODO: Handle out of memory conditions
             search_to_insert_(value, metric, prefetch, closest_slot, level, config.expansion, context);
-            candidates_view_t closest_view;
             {
                 node_lock_t new_lock = node_lock_(new_slot);
                 neighbors_(new_node, level).clear();
-                closest_view = form_links_to_closest_(metric, new_slot, level, context);
+                candidates_view_t closest_view = form_links_to_closest_(metric, new_slot, level, context);
                 closest_slot = closest_view[0].slot;
             }
+        }
+        for (level_t level = (std::min)(new_target_level, max_level_copy); level >= 0; --level) {
+            // `form_reverse_links_` reads only the slots of the view (it measures each itself).
+            top.clear();
+            {
+                node_lock_t new_lock = node_lock_(new_slot);
+                for (compressed_slot_t slot : neighbors_(new_node, level))
+                    top.insert_reserved({distance_t{}, slot});
+            }
+            candidates_view_t closest_view{top.data(), top.size()};
             form_reverse_links_(metric, new_slot, closest_view, value, level, context, prefetch);
         }
 
@@ -3580,6 +3592,13 @@ class index_gt {
         // Pull stats
         result.computed_distances = context.computed_distances;
         result.visited_members = context.iteration_cycles;
+
+        // The slot's old links are dropped below: first re-link its old neighbours that
+        // linked back to it among its other old neighbours, or a node whose in-links all ran
+        // through this one is left unreachable.
+        for (level_t level = 0; level <= updated_node_level; ++level)
+            if (!repair_links_around_(metric, updated_slot, level, context))
+                return result.failed("Out of memory!");
 
         // Go down the level, tracking only the closest match;
         // It may even be equal to the `updated_slot`
@@ -4597,6 +4616,68 @@ class index_gt {
             for (std::size_t idx = 0; idx != top_view.size(); idx++)
                 close_header.push_back(top_view[idx].slot);
         }
+    }
+
+    /**
+     *  @brief  Before a node's slot is reused for another vector (`update`): each of its
+     *          old neighbours that linked back to it gets a new list, chosen by the same
+     *          heuristic from its own list without the node and the node's other old
+     *          neighbours. This is FreshDiskANN's delete consolidation, with the node's out-list
+     *          standing in for its in-list (HNSW links are mostly mutual) so that no reverse
+     *          index is needed. Without it a node reached only through the reused one is
+     *          stranded, and recall decays as a collection is updated.
+     */
+    template <typename metric_at>
+    bool repair_links_around_( //
+        metric_at&& metric, compressed_slot_t removed_slot, level_t level, context_t& context) usearch_noexcept_m {
+
+        std::size_t const connectivity_max = level ? config_.connectivity : config_.connectivity_base;
+        buffer_gt<compressed_slot_t> old(connectivity_max);
+        if (!old)
+            return false;
+        std::size_t old_count = 0;
+        {
+            node_lock_t removed_lock = node_lock_(removed_slot);
+            for (compressed_slot_t slot : neighbors_(node_at_(removed_slot), level))
+                if (slot != removed_slot && old_count < connectivity_max)
+                    old[old_count++] = slot;
+        }
+
+        // Its own list without the removed node, plus the removed node's other neighbours.
+        top_candidates_t& top = context.top_for_refine;
+        if (!top.reserve(connectivity_max + old_count))
+            return false;
+        for (std::size_t i = 0; i != old_count; ++i) {
+            compressed_slot_t close_slot = old[i];
+            node_lock_t close_lock = node_lock_(close_slot);
+            neighbors_ref_t close_header = neighbors_(node_at_(close_slot), level);
+            auto listed = [&](compressed_slot_t slot) {
+                return std::find_if(close_header.begin(), close_header.end(),
+                                    [slot](compressed_slot_t listed_slot) { return listed_slot == slot; }) !=
+                       close_header.end();
+            };
+            // A neighbour that did not link back lost no out-link; it regains in-links from
+            // the ones that did, when they take it in below.
+            if (!listed(removed_slot))
+                continue;
+
+            top.clear();
+            for (compressed_slot_t slot : close_header)
+                if (slot != removed_slot)
+                    top.insert_reserved({context.measure(citerator_at(close_slot), citerator_at(slot), metric), slot});
+            for (std::size_t j = 0; j != old_count; ++j) {
+                compressed_slot_t slot = old[j];
+                if (slot == close_slot || listed(slot))
+                    continue;
+                top.insert_reserved({context.measure(citerator_at(close_slot), citerator_at(slot), metric), slot});
+            }
+            candidates_view_t top_view =
+                refine_(metric, connectivity_max, top, context, context.computed_distances_in_reverse_refines);
+            close_header.clear();
+            for (std::size_t idx = 0; idx != top_view.size(); idx++)
+                close_header.push_back(top_view[idx].slot);
+        }
+        return true;
     }
 
     level_t choose_random_level_(splitmix64_t& level_generator) const noexcept {
