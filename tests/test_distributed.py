@@ -33,11 +33,13 @@ from twostage.distributed import ShardedCollection, ShardedEngine, ingest, layou
 from twostage.encoder import Encoder
 from twostage.engine import Engine, dense_similarities
 from twostage.errors import (
+    CollectionLocked,
     InvalidArgument,
     KeyNotFound,
     ReadOnlyCollection,
     ShardUnavailable,
 )
+from twostage.lock import WriterLock
 from twostage.reranker import Reranker
 from twostage.sources import read_corpus
 
@@ -304,6 +306,17 @@ def _doc(doc_id: str) -> Any:
 # ---- ingest --------------------------------------------------------------------------------
 
 
+def _wait_until_unlocked(folder: Path, deadline: float) -> None:
+    """Wait until no process holds ``folder``'s writer lock (its writer has stopped)."""
+    while True:
+        try:
+            WriterLock.acquire(folder).release()
+            return
+        except CollectionLocked:
+            assert time.monotonic() < deadline, f"{folder} is still locked"
+            time.sleep(0.05)
+
+
 def _chunk_of(store: Path) -> int:
     """The last chunk a shard committed (-1: none yet), read as another process would."""
     try:
@@ -374,6 +387,11 @@ def test_a_killed_ingest_resumes_to_the_same_shards(ray_cluster: Any, tmp_path: 
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    # The shard writers are Ray actors of the killed driver: they may commit a chunk already
+    # sent to them until Ray stops them (a CI run read 4 here, then resumed after 5). What
+    # was committed is settled once each has let go of its shard's writer lock.
+    for s in range(3):
+        _wait_until_unlocked(out / layout.shard_dir(s), deadline)
     committed = [_chunk_of(s) for s in stores]
     assert min(committed) >= 4 and max(committed) < (DOCS + 1) // 16, committed
     with pytest.raises(FileNotFoundError, match="interrupted"):
