@@ -91,6 +91,11 @@ class LexicalIndex:
 
     def __init__(self, path: Path | None, index: tantivy.Index, seq: int) -> None:
         """Internal: use :meth:`create`, :meth:`open` or :meth:`in_memory`."""
+        # Reloaded by hand (after each commit here, and by `reload` for other processes'):
+        # tantivy's default reader polls meta.json on a thread of its own and reloads on a
+        # change, taking a lock file in the folder, even after the collection is closed (a
+        # CI run's `rmtree` of a just-closed index met a file that appeared under it).
+        index.config_reader(reload_policy="Manual")
         self._path = path
         self._index = index
         self._seq = seq
