@@ -254,7 +254,8 @@ class _Cancel:
 
     def __init__(self, seconds: float) -> None:
         self.options = ort.RunOptions()
-        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self._seconds = max(seconds, 0.0)
+        self._timer = threading.Timer(self._seconds, self._fire)
         self._timer.daemon = True
         self.fired = False
 
@@ -269,12 +270,13 @@ class _Cancel:
     def __exit__(self, *exc: object) -> None:
         self._timer.cancel()
 
-    def run(self, rr: Reranker, batch: Batch, seconds: float) -> np.ndarray:
-        """``rr.run(batch)`` on a thread of its own, waited for ``seconds`` at most.
+    def run(self, rr: Reranker, batch: Batch) -> np.ndarray:
+        """``rr.run(batch)`` on a thread of its own, waited for until the cancel time at most
+        (instead of the timer: use one or the other).
 
         onnxruntime reads the terminate flag between graph nodes only: on a loaded CPU a
-        cancelled batched run went on for 100-400 ms after it. Past ``seconds`` this raises
-        (``concurrent.futures.TimeoutError``) and the terminated run ends on its own thread.
+        cancelled batched run went on for 100-400 ms after it. At the cancel time this fires,
+        raises (``concurrent.futures.TimeoutError``) and the run ends on its own thread.
         """
         done: Future[np.ndarray] = Future()
 
@@ -286,7 +288,7 @@ class _Cancel:
 
         threading.Thread(target=work, name="twostage-run", daemon=True).start()
         try:
-            return done.result(timeout=max(seconds, 0.0))
+            return done.result(timeout=self._seconds)
         except FutureTimeout:
             self._fire()
             raise
@@ -1086,12 +1088,9 @@ class Engine:
             batch = pad(rows, [pairs.ids[i] for i in rows], [pairs.type_ids[i] for i in rows])
             t = time.perf_counter()
             # Past the deadline plus a grace period the run is cancelled, and not waited for.
-            grace = self.config.cancel_grace_ms / 1000.0
-            cancel = _Cancel(deadline - now + grace)
+            cancel = _Cancel(deadline - t + self.config.cancel_grace_ms / 1000.0)
             try:
-                with cancel:
-                    raw = cancel.run(rr, batch, deadline - time.perf_counter() + grace)
-                scores = rr.postprocess(raw)
+                scores = rr.postprocess(cancel.run(rr, batch))
             except Exception as e:
                 if cancel.fired:
                     return scored, cached, "timeout: reranker run cancelled at the deadline"
